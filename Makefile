@@ -1,0 +1,51 @@
+# The first commands: `make install`, then `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := worker schemas tests
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/persister: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(BIN)/persister ## Create .venv with the package and its dev tools; fetch the Kafka jars
+	$(BIN)/python -c 'from worker.stack import kafka_libs; print("kafka jars in", kafka_libs())'
+
+.PHONY: format
+format: install ## Format the code
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
+
+.PHONY: lint
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
+
+.PHONY: unit-test
+unit-test: install ## Tests without I/O
+	$(BIN)/pytest -m "not integration"
+
+.PHONY: integration-test
+integration-test: install ## Tests against a real Kafka broker and PostgreSQL server
+	$(BIN)/pytest -m integration
+
+.PHONY: test
+test: lint ## Everything: lint, unit and integration tests
+	$(BIN)/pytest
+
+.PHONY: demo
+demo: install ## Run it end to end on a local stack
+	$(BIN)/python -m worker.demo
+
+.PHONY: all
+all: test

@@ -1,0 +1,29 @@
+"""Run the Alembic migrations in `schemas/migrations` against a database URL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # Passed as an attribute, not an option: option values go through
+    # ConfigParser interpolation, which mangles '%' in passwords.
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+async def upgrade_async(database_url: str, revision: str = "head") -> None:
+    # env.py runs its own event loop, so it must not share the caller's.
+    await asyncio.to_thread(upgrade, database_url, revision)

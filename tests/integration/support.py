@@ -1,0 +1,123 @@
+"""Helpers for tests against the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import consumer_offsets, dead_letters, event_resources, events
+from worker.consumer import Persister
+from worker.settings import Settings
+from worker.stack import StackInfo
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def settings_for(info: StackInfo, topic: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": info.kafka_bootstrap_servers,
+        "database_url": info.database_url,
+        "topics": (topic,),
+        "group_id": f"group-{topic}",
+        "flush_every_s": 0.2,
+        "session_timeout_s": 10.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def create_topic(info: StackInfo, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=info.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def send(
+    info: StackInfo, topic: str, values: Iterable[bytes | None], partition: int | None = None
+) -> list[tuple[int, int]]:
+    """Send values; returns (partition, offset) of each, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=info.kafka_bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, v, partition=partition) for v in values]
+        metadata = [await f for f in futures]
+    finally:
+        await producer.stop()
+    return [(m.partition, m.offset) for m in metadata]
+
+
+async def end_offsets(info: StackInfo, topic: str, partitions: int) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=info.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def count(engine: AsyncEngine, table: Any) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def stored_offsets(engine: AsyncEngine, group_id: str, topic: str) -> dict[int, int]:
+    c = consumer_offsets.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(c.partition, c.next_offset).where(c.group_id == group_id, c.topic == topic)
+        )
+        return {p: o for p, o in rows}
+
+
+async def counts(engine: AsyncEngine) -> tuple[int, int, int]:
+    """(events, resource rows, dead letters)."""
+    return (
+        await count(engine, events),
+        await count(engine, event_resources),
+        await count(engine, dead_letters),
+    )
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, every_s: float = 0.05
+) -> float:
+    """Poll `check` until true; returns the seconds it took, fails at the deadline."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(every_s)
+    return time.monotonic() - start
+
+
+@asynccontextmanager
+async def running(persister: Persister) -> AsyncIterator[Persister]:
+    """Run a persister in this event loop; stop it (flushing) on exit."""
+    stopping, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(persister.run(stopping, started))
+    await asyncio.wait([task, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
+    if task.done():
+        task.result()
+    try:
+        yield persister
+    finally:
+        stopping.set()
+        await task

@@ -1,0 +1,149 @@
+"""Per-partition buffers and the flush triggers. Pure state, no I/O.
+
+A partition's buffer holds fetched records in offset order. It is *due* when it
+holds `batch_size` records, or `max_batch_bytes`, or its oldest record has
+waited `flush_every_s`. A flush takes a batch off the front with `peek` and
+removes it with `consume` only after the batch is durably written, so a failed
+write leaves the buffer exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Record(Protocol):
+    """What the batching and decoding need of a Kafka record (aiokafka's
+    ConsumerRecord has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def record_size(record: Record) -> int:
+    return len(record.value or b"") + len(record.key or b"")
+
+
+@dataclass
+class PartitionBuffer:
+    records: deque[Record] = field(default_factory=deque)
+    nbytes: int = 0
+    # Monotonic time the oldest buffered record arrived; None when empty.
+    since: float | None = None
+    # The next offset to accept: anything below it is a re-fetch of records
+    # already buffered or written. None accepts anything (position unknown).
+    position: int | None = None
+
+
+@dataclass(frozen=True)
+class Triggers:
+    batch_size: int
+    max_batch_bytes: int
+    flush_every_s: float
+
+
+class Accumulator:
+    """Buffers records per partition and decides when each is due a flush."""
+
+    def __init__(self, triggers: Triggers) -> None:
+        self.triggers = triggers
+        self._buffers: dict[tuple[str, int], PartitionBuffer] = {}
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def buffered(self, tp: tuple[str, int]) -> int:
+        buffer = self._buffers.get(tp)
+        return len(buffer.records) if buffer else 0
+
+    def partitions(self) -> list[tuple[str, int]]:
+        return [tp for tp, b in self._buffers.items() if b.records]
+
+    def reset(self, tp: tuple[str, int], position: int | None) -> None:
+        """Forget what is buffered; accept records from `position` on."""
+        self._buffers[tp] = PartitionBuffer(position=position)
+
+    def forget(self, tp: tuple[str, int]) -> None:
+        self._buffers.pop(tp, None)
+
+    def add(self, tp: tuple[str, int], records: Iterable[Record], now: float) -> int:
+        """Append records in offset order, skipping re-fetched ones. Returns how
+        many were added."""
+        buffer = self._buffers.setdefault(tp, PartitionBuffer())
+        added = 0
+        for record in records:
+            if buffer.position is not None and record.offset < buffer.position:
+                continue
+            buffer.records.append(record)
+            buffer.nbytes += record_size(record)
+            buffer.position = record.offset + 1
+            added += 1
+        if added and buffer.since is None:
+            buffer.since = now
+        return added
+
+    def is_due(self, tp: tuple[str, int], now: float) -> bool:
+        buffer = self._buffers.get(tp)
+        if buffer is None or not buffer.records:
+            return False
+        t = self.triggers
+        return (
+            len(buffer.records) >= t.batch_size
+            or buffer.nbytes >= t.max_batch_bytes
+            or (buffer.since is not None and now - buffer.since >= t.flush_every_s)
+        )
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        return [tp for tp in self._buffers if self.is_due(tp, now)]
+
+    def next_due_in(self, now: float) -> float | None:
+        """Seconds until the oldest buffered record makes its partition due."""
+        waits = [
+            max(0.0, b.since + self.triggers.flush_every_s - now)
+            for b in self._buffers.values()
+            if b.records and b.since is not None
+        ]
+        return min(waits, default=None)
+
+    def peek(self, tp: tuple[str, int]) -> list[Record]:
+        """The next batch: at most `batch_size` records and `max_batch_bytes`
+        (but always at least one record, however large)."""
+        buffer = self._buffers.get(tp)
+        if buffer is None:
+            return []
+        batch: list[Record] = []
+        nbytes = 0
+        for record in buffer.records:
+            size = record_size(record)
+            if batch and (
+                len(batch) >= self.triggers.batch_size
+                or nbytes + size > self.triggers.max_batch_bytes
+            ):
+                break
+            batch.append(record)
+            nbytes += size
+        return batch
+
+    def consume(self, tp: tuple[str, int], count: int) -> None:
+        """Remove the first `count` records after they were written."""
+        buffer = self._buffers[tp]
+        for _ in range(count):
+            buffer.nbytes -= record_size(buffer.records.popleft())
+        # What is left arrived no earlier than `since`: keeping that clock errs
+        # towards flushing it early, never late.
+        if not buffer.records:
+            buffer.since = None

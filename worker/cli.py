@@ -1,0 +1,130 @@
+"""The `persister` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.progress import Progress
+
+from schemas.migrate import upgrade
+from worker import loadgen, stack
+from worker.services import Service
+from worker.settings import Settings
+
+app = typer.Typer(help="Persist events from Kafka topics into PostgreSQL.", no_args_is_help=True)
+stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+EXIT_BAD_SETTINGS = 2
+
+
+def load_settings() -> Settings:
+    """Validated settings, or one clear line per problem and exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            where = ".".join(map(str, error["loc"])) or "settings"
+            typer.echo(f"invalid setting {where}: {error['msg']}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every coordinator hiccup at ERROR; ours say what matters.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+async def _run_until_signalled(settings: Settings) -> None:
+    task = asyncio.create_task(Service.run_services(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopped by signal")
+
+
+@app.command()
+def run() -> None:
+    """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    logging.getLogger(__name__).info(
+        "starting %s against %s",
+        ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
+        settings.redacted_database_url(),
+    )
+    asyncio.run(_run_until_signalled(settings))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database tables (Alembic migrations)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    upgrade(settings.database_url)
+    typer.echo(f"migrated {settings.redacted_database_url()}")
+
+
+StateDir = Annotated[
+    Path | None, typer.Option(help="Where the stack keeps its data and pid files.")
+]
+
+
+@stack_app.command("up")
+def stack_up(state_dir: StateDir = None) -> None:
+    """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
+    info = stack.stack_up(state_dir or stack.default_state_dir(), os.environ.get("DATABASE_URL"))
+    typer.echo(info.exports(), nl=False)
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = None) -> None:
+    """Stop the local stack and delete its data."""
+    if not stack.stack_down(state_dir or stack.default_state_dir()):
+        typer.echo("no local stack was running")
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(min=1, help="How many messages.")] = 10_000,
+    topic: Annotated[
+        str | None, typer.Option(help="Default: the first of PERSISTER_TOPICS.")
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic is new.")] = 4,
+    invalid_every: Annotated[
+        int, typer.Option(min=0, help="Make every Nth message a bad one (0: none).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
+) -> None:
+    """Send realistic events (and optionally bad messages) to a topic."""
+    settings = load_settings()
+    name = topic or settings.topics[0]
+
+    async def go() -> int:
+        await loadgen.ensure_topic(settings.kafka_bootstrap_servers, name, partitions)
+        with Progress(transient=False) as progress:
+            bar = progress.add_task(f"producing to {name}", total=count)
+            return await loadgen.produce(
+                settings.kafka_bootstrap_servers,
+                name,
+                loadgen.messages(count, seed=seed, invalid_every=invalid_every),
+                on_sent=lambda n: progress.advance(bar, n),
+            )
+
+    sent = asyncio.run(go())
+    typer.echo(f"sent {sent} messages to {name}")

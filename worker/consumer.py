@@ -1,0 +1,293 @@
+"""Group membership, fetching and flushing: the persister's main loop.
+
+Order for every batch (see `worker.storage`): write rows and the fenced offset
+in one database transaction, and only after it commits, commit the same offset
+to Kafka (best effort; the database copy is the truth and is where a newly
+assigned partition resumes from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker.batching import Accumulator, Record, Triggers
+from worker.decoding import to_rows
+from worker.settings import Settings
+from worker.storage import FenceError, load_offsets, write_batch
+
+logger = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+RETRY_BASE_S = 0.2
+RETRY_CAP_S = 30.0
+
+
+def backoff_s(failures: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    return random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** min(failures, 16)))
+
+
+@dataclass
+class Owned:
+    """A partition this worker is assigned."""
+
+    # The offset the database holds for it: the fence for the next write.
+    stored: int | None = None
+    # False until the stored offset is loaded and the consumer seeked to it.
+    ready: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    resources: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    fence_failures: int = 0
+    write_failures: int = 0
+    rebalances: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, persister: Persister) -> None:
+        self.persister = persister
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.persister.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.persister.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+
+
+class Persister:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stats = Stats()
+        self.owned: dict[TP, Owned] = {}
+        self.accumulator = Accumulator(
+            Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
+        )
+        self._slots = asyncio.Semaphore(settings.database_pool_size)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.group_id,
+            client_id=settings.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            isolation_level="read_committed",
+            session_timeout_ms=int(settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.session_timeout_s * 1000 / 3),
+            max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
+            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
+        )
+
+    async def run(self, stopping: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        """Consume until `stopping` is set, then flush what is buffered and leave."""
+        s = self.settings
+        if s.topic_pattern:
+            self.consumer.subscribe(pattern=s.topic_pattern, listener=_Listener(self))
+        else:
+            self.consumer.subscribe(topics=list(s.topics), listener=_Listener(self))
+        await self.consumer.start()
+        if started is not None:
+            started.set()
+        logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
+        try:
+            while not stopping.is_set():
+                await self._prepare_assigned()
+                await self._poll()
+                await self._flush([tp for tp in self.accumulator.due(time.monotonic())])
+        finally:
+            await self._drain()
+            await self.consumer.stop()
+            logger.info("left group %r", s.group_id)
+
+    async def _poll(self) -> None:
+        now = time.monotonic()
+        wait_s = self.accumulator.next_due_in(now)
+        wait_s = self.settings.flush_every_s if wait_s is None else min(wait_s, 1.0)
+        fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
+        now = time.monotonic()
+        for ktp, records in fetched.items():
+            tp = (ktp.topic, ktp.partition)
+            state = self.owned.get(tp)
+            if state is not None and state.ready:
+                self.accumulator.add(tp, records, now)
+                self._backpressure(tp, state)
+
+    def _backpressure(self, tp: TP, state: Owned) -> None:
+        """Stop fetching a partition whose buffer holds two batches already."""
+        t = self.accumulator.triggers
+        full = self.accumulator.buffered(tp) >= 2 * t.batch_size
+        ktp = TopicPartition(*tp)
+        if full or state.retry_at > time.monotonic():
+            self.consumer.pause(ktp)
+        else:
+            self.consumer.resume(ktp)
+
+    async def _prepare_assigned(self) -> None:
+        """Seek newly assigned partitions to the offsets stored in the database."""
+        now = time.monotonic()
+        pending = [tp for tp, o in self.owned.items() if not o.ready and o.retry_at <= now]
+        if not pending:
+            return
+        try:
+            async with self.engine.connect() as conn:
+                stored = await load_offsets(conn, self.settings.group_id, pending)
+        except (SQLAlchemyError, OSError) as exc:
+            for tp in pending:
+                self._failed(tp, "loading offsets", exc)
+            return
+        for tp in pending:
+            state = self.owned.get(tp)
+            if state is None:
+                continue
+            offset = stored.get(tp)
+            try:
+                await self._seek(TopicPartition(*tp), offset)
+            except KafkaError as exc:  # revoked while the offsets were loading
+                logger.info("%s[%d]: seek skipped: %r", *tp, exc)
+                continue
+            state.stored, state.ready, state.failures = offset, True, 0
+            self.accumulator.reset(tp, offset)
+            self.consumer.resume(TopicPartition(*tp))
+            logger.info("%s[%d]: resuming at stored offset %s", tp[0], tp[1], offset)
+
+    async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
+        if offset is not None:
+            self.consumer.seek(ktp, offset)
+        elif self.settings.auto_offset_reset == "earliest":
+            await self.consumer.seek_to_beginning(ktp)
+        else:
+            await self.consumer.seek_to_end(ktp)
+
+    async def _flush(self, partitions: list[TP], force: bool = False) -> None:
+        now = time.monotonic()
+        ready = [
+            tp
+            for tp in partitions
+            if (o := self.owned.get(tp)) is not None and o.ready and o.retry_at <= now
+        ]
+        if ready:
+            await asyncio.gather(*(self._flush_partition(tp, force) for tp in ready))
+
+    async def _flush_partition(self, tp: TP, force: bool) -> None:
+        state = self.owned[tp]
+        async with state.lock:
+            while self.owned.get(tp) is state and state.ready:
+                if not (force or self.accumulator.is_due(tp, time.monotonic())):
+                    return
+                batch = self.accumulator.peek(tp)
+                if not batch:
+                    return
+                next_offset = batch[-1].offset + 1
+                if not await self._write(tp, state, batch, next_offset):
+                    return
+                self.accumulator.consume(tp, len(batch))
+                await self._commit_kafka(tp, next_offset)
+                self._backpressure(tp, state)
+
+    async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
+        s = self.settings
+        rows = to_rows(batch, s.limits, s.max_message_bytes)
+        try:
+            async with self._slots:
+                written = await write_batch(
+                    self.engine, s.group_id, tp, state.stored, next_offset, rows
+                )
+        except FenceError as exc:
+            self.stats.fence_failures += 1
+            logger.warning("%s; reloading its offset", exc)
+            state.ready = False
+            self.accumulator.reset(tp, None)
+            self.consumer.pause(TopicPartition(*tp))
+            return False
+        except (SQLAlchemyError, OSError) as exc:
+            self.stats.write_failures += 1
+            self._failed(tp, "writing a batch", exc)
+            return False
+        state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
+        self.stats.batches += 1
+        self.stats.events += written.events
+        self.stats.resources += written.resources
+        self.stats.dead_letters += written.dead_letters
+        logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
+        return True
+
+    def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
+        state = self.owned.get(tp)
+        if state is None:
+            return
+        state.failures += 1
+        delay_s = backoff_s(state.failures)
+        state.retry_at = time.monotonic() + delay_s
+        self.consumer.pause(TopicPartition(*tp))
+        logger.warning(
+            "%s[%d]: %s failed (attempt %d, retry in %.1fs): %s: %s",
+            *tp,
+            doing,
+            state.failures,
+            delay_s,
+            type(exc).__name__,
+            str(exc).splitlines()[0],
+        )
+
+    async def _commit_kafka(self, tp: TP, next_offset: int) -> None:
+        # For tooling only (lag, consumer-group listings): a failure here loses
+        # nothing, the database holds the offset.
+        try:
+            await self.consumer.commit({TopicPartition(*tp): next_offset})
+        except KafkaError as exc:
+            logger.info("%s[%d]: Kafka offset commit skipped: %r", *tp, exc)
+
+    def on_assigned(self, partitions: list[TP]) -> None:
+        self.stats.rebalances += 1
+        for tp in partitions:
+            self.owned[tp] = Owned()
+            self.accumulator.reset(tp, None)
+            # Nothing is fetched until the stored offset is known.
+            self.consumer.pause(TopicPartition(*tp))
+        logger.info("assigned %s", _names(partitions))
+
+    async def on_revoked(self, partitions: list[TP]) -> None:
+        """Flush what the revoked partitions hold, then let them go. What cannot
+        be flushed in time is dropped: the next owner re-reads it."""
+        mine = [tp for tp in partitions if tp in self.owned]
+        try:
+            await asyncio.wait_for(
+                self._flush(mine, force=True), self.settings.rebalance_flush_timeout_s
+            )
+        except TimeoutError:
+            logger.warning("revoke: flush did not finish in time; the next owner re-reads")
+        for tp in mine:
+            del self.owned[tp]
+            self.accumulator.forget(tp)
+        if mine:
+            logger.info("revoked %s", _names(mine))
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self._flush(self.accumulator.partitions(), force=True),
+                self.settings.shutdown_grace_s,
+            )
+        except TimeoutError:
+            logger.warning("shutdown: flush did not finish in time; the next owner re-reads")
+
+
+def _names(partitions: Iterable[TP]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(partitions)) or "nothing"

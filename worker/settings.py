@@ -1,0 +1,131 @@
+"""The one settings object: read from the environment, `.env` and a secrets
+directory, validated once at start-up, frozen afterwards."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "PERSISTER_"
+SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class ServiceToggle(BaseModel):
+    """Per-service settings; each service can be switched off on its own."""
+
+    model_config = ConfigDict(frozen=True)
+    enabled: bool = True
+
+
+class ServicesSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    event_persister: ServiceToggle = ServiceToggle()
+
+
+class Limits(BaseModel):
+    """Envelope limits; the validator reads them from its context."""
+
+    model_config = ConfigDict(frozen=True)
+    max_related: int = 100
+    max_labels: int = 500
+    naive_timestamps: Literal["utc", "reject"] = "utc"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        secrets_dir=SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None,
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "PERSISTER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    topics: CommaList = ("events",)
+    topic_pattern: str | None = None
+    group_id: str = "event-persister"
+    client_id: str = "event-persister"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_s: float = Field(45.0, gt=0)
+    max_poll_interval_s: float = Field(300.0, gt=0)
+
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/events",
+        validation_alias=AliasChoices("PERSISTER_DATABASE_URL", "DATABASE_URL"),
+    )
+    database_pool_size: int = Field(4, ge=1, le=100)
+
+    batch_size: int = Field(2000, ge=1, le=100_000)
+    max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    flush_every_s: float = Field(0.5, gt=0, le=60)
+    max_message_bytes: int = Field(1_572_864, ge=1024)
+    max_related: int = Field(100, ge=0)
+    max_labels: int = Field(500, ge=1)
+    naive_timestamps: Literal["utc", "reject"] = "utc"
+
+    shutdown_grace_s: float = Field(30.0, gt=0)
+    rebalance_flush_timeout_s: float = Field(10.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    services: ServicesSettings = ServicesSettings()
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the usual `postgresql://` form and pick the async driver for it."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "is not a database URL (postgresql://... or sqlite+aiosqlite://...)"
+            ) from None
+        if url.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
+            url = url.set(drivername="postgresql+asyncpg")
+        elif url.drivername in ("sqlite", "sqlite+aiosqlite"):
+            url = url.set(drivername="sqlite+aiosqlite")
+        else:
+            raise ValueError(f"unsupported database {url.drivername!r}; use postgresql or sqlite")
+        return url.render_as_string(hide_password=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.topics and not self.topic_pattern:
+            raise ValueError("set PERSISTER_TOPICS or PERSISTER_TOPIC_PATTERN")
+        if self.max_message_bytes > self.max_batch_bytes:
+            raise ValueError("max_message_bytes must not exceed max_batch_bytes")
+        if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:
+            raise ValueError("rebalance_flush_timeout_s must be below max_poll_interval_s")
+        if self.session_timeout_s >= self.max_poll_interval_s:
+            raise ValueError("session_timeout_s must be below max_poll_interval_s")
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_related=self.max_related,
+            max_labels=self.max_labels,
+            naive_timestamps=self.naive_timestamps,
+        )
+
+    def redacted_database_url(self) -> str:
+        return make_url(self.database_url).render_as_string(hide_password=True)

@@ -1,0 +1,160 @@
+"""Writes batches and offsets to the database. One transaction per batch:
+
+1. advance the partition's row in `consumer_offsets`, fenced on the offset
+   this worker last saw (a stale owner gets `FenceError` and writes nothing);
+2. insert events, skipping ids already stored;
+3. insert resource rows for the events that were new;
+4. insert dead letters, skipping ones already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from schemas.tables import consumer_offsets, dead_letters, event_resources, events
+from worker.decoding import Rejection, Rows, received_at
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class FenceError(Exception):
+    """The stored offset is not the one this worker last saw: another worker
+    owns the partition now (or did in between)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    events: int
+    resources: int
+    dead_letters: int
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
+    if database_url.startswith("sqlite"):
+        return create_async_engine(database_url, json_serializer=_json)
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        json_serializer=_json,
+        json_deserializer=orjson.loads,
+    )
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+async def load_offsets(
+    conn: AsyncConnection, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    wanted = list(partitions)
+    if not wanted:
+        return {}
+    c = consumer_offsets.c
+    rows = await conn.execute(
+        select(c.topic, c.partition, c.next_offset).where(
+            c.group_id == group_id, tuple_(c.topic, c.partition).in_(wanted)
+        )
+    )
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+async def advance_offset(
+    conn: AsyncConnection,
+    group_id: str,
+    tp: TopicPartition,
+    expected: int | None,
+    next_offset: int,
+) -> None:
+    """Move the stored offset from `expected` to `next_offset`, or raise FenceError.
+
+    The row lock taken here serialises two writers of one partition; the
+    second re-checks the condition after the first commits and fails it.
+    """
+    c = consumer_offsets.c
+    key = and_(c.group_id == group_id, c.topic == tp[0], c.partition == tp[1])
+    if expected is None:
+        stmt = (
+            _insert(conn, consumer_offsets)
+            .values(group_id=group_id, topic=tp[0], partition=tp[1], next_offset=next_offset)
+            .on_conflict_do_nothing()
+        )
+    else:
+        stmt = (
+            update(consumer_offsets)
+            .where(key, c.next_offset == expected)
+            .values(next_offset=next_offset, updated=func.now())
+        )
+    result = await conn.execute(stmt)
+    if result.rowcount != 1:
+        raise FenceError(
+            f"{tp[0]}[{tp[1]}]: stored offset is no longer {expected}; another worker owns it"
+        )
+
+
+async def insert_rows(conn: AsyncConnection, rows: Rows) -> tuple[int, int]:
+    """Insert events idempotently, and resource rows for the new ones only."""
+    if not rows.events:
+        return 0, 0
+    stmt = _insert(conn, events).on_conflict_do_nothing().returning(events.c.id)
+    new_ids = (await conn.execute(stmt, rows.events)).scalars().all()
+    resources = [r for event_id in new_ids for r in rows.resources[event_id]]
+    if resources:
+        await conn.execute(_insert(conn, event_resources).on_conflict_do_nothing(), resources)
+    return len(new_ids), len(resources)
+
+
+async def insert_dead_letters(
+    conn: AsyncConnection, group_id: str, rejections: Sequence[Rejection]
+) -> int:
+    if not rejections:
+        return 0
+    values = [
+        {
+            "group_id": group_id,
+            "topic": r.record.topic,
+            "partition": r.record.partition,
+            "offset": r.record.offset,
+            "timestamp": received_at(r.record) if r.record.timestamp is not None else None,
+            "key": r.record.key,
+            "value": r.record.value,
+            "error_class": r.error_class,
+            "error": r.error,
+        }
+        for r in rejections
+    ]
+    stmt = _insert(conn, dead_letters).on_conflict_do_nothing().returning(dead_letters.c.id)
+    return len((await conn.execute(stmt, values)).scalars().all())
+
+
+async def write_batch(
+    engine: AsyncEngine,
+    group_id: str,
+    tp: TopicPartition,
+    expected: int | None,
+    next_offset: int,
+    rows: Rows,
+) -> Written:
+    """One transaction: fenced offset, events, resources, dead letters."""
+    async with engine.begin() as conn:
+        await advance_offset(conn, group_id, tp, expected, next_offset)
+        n_events, n_resources = await insert_rows(conn, rows)
+        n_dead = await insert_dead_letters(conn, group_id, rows.rejections)
+    return Written(n_events, n_resources, n_dead)
