@@ -88,8 +88,10 @@ def cache_dir() -> Path:
 
 
 def default_state_dir() -> Path:
+    # Under /tmp rather than the home directory: PostgreSQL runs as its own
+    # user and must be able to reach its data directory.
     env = os.environ.get("PERSISTER_STACK_DIR")
-    return Path(env) if env else cache_dir() / "stack"
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"event-persister-{os.getuid()}"
 
 
 def kafka_version(pom: Path = POM) -> str:

@@ -53,7 +53,12 @@ async def send(
     producer = AIOKafkaProducer(bootstrap_servers=info.kafka_bootstrap_servers, linger_ms=5)
     await producer.start()
     try:
-        futures = [await producer.send(topic, v, partition=partition) for v in values]
+        futures = [
+            await producer.send(
+                topic, v, key=b"tombstone" if v is None else None, partition=partition
+            )
+            for v in values
+        ]
         metadata = [await f for f in futures]
     finally:
         await producer.stop()
