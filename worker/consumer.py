@@ -21,9 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.batching import Accumulator, Record, Triggers
-from worker.decoding import to_rows
+from worker.decoding import Rows, to_rows
+from worker.errors import DatabaseHealth, ErrorKind, describe
 from worker.settings import Settings
-from worker.storage import FenceError, load_offsets, write_batch
+from worker.storage import FenceError, Written, load_offsets, write_batch
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Stats:
     batches: int = 0
     fence_failures: int = 0
     write_failures: int = 0
+    isolation_attempts: int = 0
     rebalances: int = 0
 
 
@@ -77,6 +79,7 @@ class Persister:
         self.settings = settings
         self.engine = engine
         self.stats = Stats()
+        self.health = DatabaseHealth()
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
@@ -85,6 +88,7 @@ class Persister:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.group_id,
+            group_instance_id=settings.group_instance_id,
             client_id=settings.client_id,
             enable_auto_commit=False,
             auto_offset_reset=settings.auto_offset_reset,
@@ -92,6 +96,7 @@ class Persister:
             session_timeout_ms=int(settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(settings.session_timeout_s * 1000 / 3),
             max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
+            metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
         )
 
@@ -206,9 +211,7 @@ class Persister:
         rows = to_rows(batch, s.limits, s.max_message_bytes)
         try:
             async with self._slots:
-                written = await write_batch(
-                    self.engine, s.group_id, tp, state.stored, next_offset, rows
-                )
+                written = await self._write_rows(tp, state.stored, next_offset, rows)
         except FenceError as exc:
             self.stats.fence_failures += 1
             logger.warning("%s; reloading its offset", exc)
@@ -217,16 +220,36 @@ class Persister:
             self.consumer.pause(TopicPartition(*tp))
             return False
         except (SQLAlchemyError, OSError) as exc:
+            self.health.record(ok=False)
             self.stats.write_failures += 1
             self._failed(tp, "writing a batch", exc)
             return False
+        self.health.record(ok=True)
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         self.stats.batches += 1
         self.stats.events += written.events
         self.stats.resources += written.resources
         self.stats.dead_letters += written.dead_letters
+        self.stats.isolation_attempts += written.isolation_attempts
         logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
         return True
+
+    async def _write_rows(
+        self, tp: TP, expected: int | None, next_offset: int, rows: Rows
+    ) -> Written:
+        """Write the batch; if the database rejects some of its rows, write it
+        again isolating them (unless the database itself is suspect)."""
+        group = self.settings.group_id
+        try:
+            return await write_batch(self.engine, group, tp, expected, next_offset, rows)
+        except SQLAlchemyError as exc:
+            if self.health.treat_as(exc) is not ErrorKind.DATA:
+                raise
+            code, message = describe(exc)
+            logger.warning(
+                "%s[%d]: database rejected a row (%s: %s); isolating", *tp, code, message
+            )
+        return await write_batch(self.engine, group, tp, expected, next_offset, rows, isolate=True)
 
     def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
         state = self.owned.get(tp)

@@ -34,6 +34,9 @@ class Rows:
     events: list[dict[str, Any]] = field(default_factory=list)
     resources: dict[UUID, list[dict[str, Any]]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    # The record each event came from, for a dead letter if the database
+    # rejects the event.
+    sources: dict[UUID, Record] = field(default_factory=dict)
 
 
 def decode(record: Record, limits: Limits, max_message_bytes: int) -> Event | Rejection:
@@ -107,4 +110,5 @@ def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -
         elif decoded.id not in rows.resources:
             rows.events.append(event_row(decoded, received_at(record)))
             rows.resources[decoded.id] = resource_rows(decoded)
+            rows.sources[decoded.id] = record
     return rows

@@ -57,10 +57,14 @@ class Settings(BaseSettings):
     topics: CommaList = ("events",)
     topic_pattern: str | None = None
     group_id: str = "event-persister"
+    # Static membership: a restarted replica with the same id gets its
+    # partitions back without a rebalance (within the session timeout).
+    group_instance_id: str | None = None
     client_id: str = "event-persister"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_s: float = Field(45.0, gt=0)
     max_poll_interval_s: float = Field(300.0, gt=0)
+    metadata_max_age_s: float = Field(30.0, gt=0)
 
     database_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/events",
@@ -70,11 +74,16 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(2000, ge=1, le=100_000)
     max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_buffered_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     flush_every_s: float = Field(0.5, gt=0, le=60)
     max_message_bytes: int = Field(1_572_864, ge=1024)
     max_related: int = Field(100, ge=0)
     max_labels: int = Field(500, ge=1)
     naive_timestamps: Literal["utc", "reject"] = "utc"
+
+    # "<topic>" stands for the source topic; empty switches the topic off
+    # (dead letters still go to the dead_letters table).
+    dead_letter_topic: str = "<topic>.dlq"
 
     shutdown_grace_s: float = Field(30.0, gt=0)
     rebalance_flush_timeout_s: float = Field(10.0, gt=0)
@@ -111,6 +120,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not self.topics and not self.topic_pattern:
             raise ValueError("set PERSISTER_TOPICS or PERSISTER_TOPIC_PATTERN")
+        if self.max_batch_bytes > self.max_buffered_bytes:
+            raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
         if self.max_message_bytes > self.max_batch_bytes:
             raise ValueError("max_message_bytes must not exceed max_batch_bytes")
         if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:

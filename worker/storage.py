@@ -17,10 +17,12 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from schemas.tables import consumer_offsets, dead_letters, event_resources, events
 from worker.decoding import Rejection, Rows, received_at
+from worker.errors import ErrorKind, classify, describe
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class Written:
     events: int
     resources: int
     dead_letters: int
+    # Savepoints tried to isolate rows the database rejected (0 normally).
+    isolation_attempts: int = 0
 
 
 def _json(value: Any) -> str:
@@ -109,16 +113,53 @@ async def advance_offset(
         )
 
 
-async def insert_rows(conn: AsyncConnection, rows: Rows) -> tuple[int, int]:
+async def insert_rows(
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows
+) -> tuple[int, int]:
     """Insert events idempotently, and resource rows for the new ones only."""
-    if not rows.events:
+    if not event_rows:
         return 0, 0
     stmt = _insert(conn, events).on_conflict_do_nothing().returning(events.c.id)
-    new_ids = (await conn.execute(stmt, rows.events)).scalars().all()
+    new_ids = (await conn.execute(stmt, event_rows)).scalars().all()
     resources = [r for event_id in new_ids for r in rows.resources[event_id]]
     if resources:
         await conn.execute(_insert(conn, event_resources).on_conflict_do_nothing(), resources)
     return len(new_ids), len(resources)
+
+
+@dataclass
+class Isolation:
+    """Finds the events the database rejects by halving: each attempt runs in
+    a savepoint, a half that fails is split again, and when the left half of a
+    failed range succeeds the right half is split without trying it whole."""
+
+    conn: AsyncConnection
+    rows: Rows
+    attempts: int = 0
+    events: int = 0
+    resources: int = 0
+
+    async def run(self, part: list[dict[str, Any]], known_bad: bool = False) -> list[Rejection]:
+        if not part:
+            return []
+        if not known_bad or len(part) == 1:
+            self.attempts += 1
+            try:
+                async with self.conn.begin_nested():
+                    n_events, n_resources = await insert_rows(self.conn, part, self.rows)
+            except StatementError as exc:
+                if classify(exc) is not ErrorKind.DATA:
+                    raise
+                if len(part) == 1:
+                    source = self.rows.sources[part[0]["id"]]
+                    return [Rejection(source, *describe(exc))]
+            else:
+                self.events += n_events
+                self.resources += n_resources
+                return []
+        middle = len(part) // 2
+        rejected = await self.run(part[:middle])
+        return rejected + await self.run(part[middle:], known_bad=not rejected)
 
 
 async def insert_dead_letters(
@@ -151,10 +192,23 @@ async def write_batch(
     expected: int | None,
     next_offset: int,
     rows: Rows,
+    isolate: bool = False,
 ) -> Written:
-    """One transaction: fenced offset, events, resources, dead letters."""
+    """One transaction: fenced offset, events, resources, dead letters.
+
+    With `isolate` (after a plain attempt failed with a data error), events
+    the database rejects are found by halving and become dead letters;
+    without it such an error is raised.
+    """
     async with engine.begin() as conn:
         await advance_offset(conn, group_id, tp, expected, next_offset)
-        n_events, n_resources = await insert_rows(conn, rows)
-        n_dead = await insert_dead_letters(conn, group_id, rows.rejections)
-    return Written(n_events, n_resources, n_dead)
+        if isolate:
+            isolation = Isolation(conn, rows)
+            rejected = await isolation.run(rows.events, known_bad=True)
+            n_events, n_resources = isolation.events, isolation.resources
+        else:
+            rejected = []
+            n_events, n_resources = await insert_rows(conn, rows.events, rows)
+        n_dead = await insert_dead_letters(conn, group_id, [*rows.rejections, *rejected])
+    attempts = isolation.attempts if isolate else 0
+    return Written(n_events, n_resources, n_dead, attempts)

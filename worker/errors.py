@@ -1,0 +1,89 @@
+"""Which database errors are worth retrying and which are the data's fault.
+
+Pure: reads the SQLSTATE off an exception, decides nothing else. A transient
+error pauses the partition and retries the batch later; a data error means one
+or more rows of the batch will never be accepted, so they are isolated and
+dead-lettered. When unsure, retry: a wrong retry costs time, a wrong dead
+letter loses an event from the table.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from sqlalchemy.exc import DBAPIError, StatementError
+
+# SQLSTATE classes (first two characters) and codes.
+# Every other class is retried: 08 connection exception, 40 serialization
+# failure and deadlock, 53 disk full / out of memory / too many connections,
+# 57 admin shutdown / cannot connect now, 58 I/O error, and the unexpected ones
+# (42 undefined table before `migrate`: retry until someone migrates).
+DATA_CLASSES = {
+    "22",  # data exception: invalid text, value too long, \u0000 in JSON text, ...
+    "23",  # integrity constraint violation: a NOT NULL or CHECK a row breaks
+}
+MAX_CHAIN = 10
+
+
+class ErrorKind(Enum):
+    TRANSIENT = "transient"
+    DATA = "data"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps (SQLAlchemy's `orig`, then `__cause__`)."""
+    chain = [exc]
+    while len(chain) < MAX_CHAIN:
+        inner = getattr(chain[-1], "orig", None) or chain[-1].__cause__
+        if not isinstance(inner, BaseException) or inner in chain:
+            break
+        chain.append(inner)
+    return chain
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, however deeply it is wrapped."""
+    for current in _chain(exc):
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    code = sqlstate(exc)
+    if code is not None and code[:2] in DATA_CLASSES:
+        return ErrorKind.DATA
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        # Raised while binding a row's values, before the database saw them
+        # (e.g. an integer JSON cannot carry): the row's fault.
+        return ErrorKind.DATA
+    # Everything else, including errors without a SQLSTATE (a refused
+    # connection, a timeout) and unexpected classes (a missing table before
+    # `migrate`), is retried.
+    return ErrorKind.TRANSIENT
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(error class, one-line message) for a dead-letter record."""
+    code = sqlstate(exc)
+    inner = _chain(exc)[-1]
+    message = (str(inner).strip().splitlines() or [""])[0]
+    name = type(inner).__name__
+    return (f"DatabaseRejected:{name}", f"SQLSTATE {code}: {message}" if code else message)
+
+
+class DatabaseHealth:
+    """The breaker between data errors and outages: while the last write
+    anywhere failed transiently, the database is suspect and a data error is
+    retried instead of dead-lettered. One successful write closes it."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def record(self, ok: bool) -> None:
+        self.failing = not ok
+
+    def treat_as(self, exc: BaseException) -> ErrorKind:
+        kind = classify(exc)
+        return ErrorKind.TRANSIENT if self.failing else kind
