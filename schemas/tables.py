@@ -111,6 +111,9 @@ dead_letters = Table(
     Column("error_class", Text, nullable=False),
     Column("error", Text, nullable=False),
     Column("recorded", Timestamp, nullable=False, server_default=func.now()),
+    # When it reached the dead-letter topic; NULL until then (the table is
+    # the outbox the topic is fed from, after the batch commits).
+    Column("published", Timestamp, nullable=True),
     # One dead letter per message, also when a replay reads it again.
     Index(None, "group_id", "topic", "partition", "offset", unique=True),
 )

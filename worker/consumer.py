@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.batching import Accumulator, Record, Triggers
+from worker.deadletter import DeadLetterPublisher
 from worker.decoding import Rows, to_rows
 from worker.errors import DatabaseHealth, ErrorKind, describe
 from worker.settings import Settings
@@ -46,6 +47,11 @@ class Owned:
     stored: int | None = None
     # False until the stored offset is loaded and the consumer seeked to it.
     ready: bool = False
+    # False until dead letters a previous owner left unsent were checked
+    # against the dead-letter topic (see worker.deadletter).
+    dead_letters_checked: bool = False
+    # Dead letters written but not yet sent to the dead-letter topic.
+    dead_letters_unsent: bool = True
     failures: int = 0
     retry_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -80,6 +86,7 @@ class Persister:
         self.engine = engine
         self.stats = Stats()
         self.health = DatabaseHealth()
+        self.dead_letters = DeadLetterPublisher(settings, engine)
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
@@ -108,6 +115,7 @@ class Persister:
         else:
             self.consumer.subscribe(topics=list(s.topics), listener=_Listener(self))
         await self.consumer.start()
+        await self.dead_letters.start()
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
@@ -119,6 +127,7 @@ class Persister:
         finally:
             await self._drain()
             await self.consumer.stop()
+            await self.dead_letters.stop()
             logger.info("left group %r", s.group_id)
 
     async def _poll(self) -> None:
@@ -169,6 +178,7 @@ class Persister:
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
+            await self._publish_dead_letters(tp, state)
             self.consumer.resume(TopicPartition(*tp))
             logger.info("%s[%d]: resuming at stored offset %s", tp[0], tp[1], offset)
 
@@ -203,6 +213,7 @@ class Persister:
                 if not await self._write(tp, state, batch, next_offset):
                     return
                 self.accumulator.consume(tp, len(batch))
+                await self._publish_dead_letters(tp, state)
                 await self._commit_kafka(tp, next_offset)
                 self._backpressure(tp, state)
 
@@ -230,6 +241,7 @@ class Persister:
         self.stats.events += written.events
         self.stats.resources += written.resources
         self.stats.dead_letters += written.dead_letters
+        state.dead_letters_unsent |= written.dead_letters > 0
         self.stats.isolation_attempts += written.isolation_attempts
         logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
         return True
@@ -268,6 +280,14 @@ class Persister:
             type(exc).__name__,
             str(exc).splitlines()[0],
         )
+
+    async def _publish_dead_letters(self, tp: TP, state: Owned) -> None:
+        if not state.dead_letters_unsent:
+            return
+        recovering = not state.dead_letters_checked
+        if await self.dead_letters.publish_pending(tp, recovering):
+            state.dead_letters_checked = True
+            state.dead_letters_unsent = False
 
     async def _commit_kafka(self, tp: TP, next_offset: int) -> None:
         # For tooling only (lag, consumer-group listings): a failure here loses

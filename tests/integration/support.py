@@ -113,6 +113,17 @@ async def wait_until(
     return time.monotonic() - start
 
 
+async def wait_persisted(
+    engine: AsyncEngine, group: str, topic: str, ends: dict[int, int], timeout_s: float = 60
+) -> float:
+    """Wait until the stored offsets of every partition equal `ends`."""
+
+    async def done() -> bool:
+        return await stored_offsets(engine, group, topic) == ends
+
+    return await wait_until(done, timeout_s, f"stored offsets of {topic} to reach {ends}")
+
+
 @asynccontextmanager
 async def running(persister: Persister) -> AsyncIterator[Persister]:
     """Run a persister in this event loop; stop it (flushing) on exit."""
@@ -126,3 +137,33 @@ async def running(persister: Persister) -> AsyncIterator[Persister]:
     finally:
         stopping.set()
         await task
+
+
+async def read_topic(info: StackInfo, topic: str) -> list[Any]:
+    """Every record of a topic, from the beginning to the current end."""
+    from aiokafka import AIOKafkaConsumer
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=info.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+    assert tps, f"topic {topic} does not exist"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=info.kafka_bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                fetched = await consumer.getmany(tp, timeout_ms=1000)
+                records.extend(fetched.get(tp, []))
+    finally:
+        await consumer.stop()
+    return records

@@ -6,22 +6,26 @@ import json
 import math
 import random
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
 from tests.integration.support import (
     counts,
     create_topic,
+    end_offsets,
+    read_topic,
     running,
     send,
     settings_for,
     stored_offsets,
     unique,
+    wait_persisted,
     wait_until,
 )
 from worker.consumer import Persister
-from worker.loadgen import make_event
+from worker.deadletter import origin
+from worker.loadgen import make_event, messages
 from worker.stack import StackInfo
 
 # Valid JSON and a valid envelope, but PostgreSQL refuses each: jsonb has no
@@ -64,3 +68,48 @@ async def test_database_rejected_rows_are_isolated(
     # (any method needs log2(C(1000, 3)) ~ 28 attempts for 3 unknown rows).
     bound = 2 * len(bad_positions) * math.ceil(math.log2(1_000))
     assert 0 < persister.stats.isolation_attempts <= bound
+
+
+async def test_bad_messages_reach_table_and_topic_once(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    """Each bad message is one dead_letters row and one record on `<topic>.dlq`
+    with its origin in the headers, also when a worker stopped between
+    writing the row and sending the record, or after sending it but before
+    marking the row as sent."""
+    topic = unique("poison")
+    await create_topic(stack_info, topic, 2)
+    settings = settings_for(stack_info, topic)
+    first = await send(stack_info, topic, messages(200, seed=31, invalid_every=20))
+    async with running(Persister(settings, engine)):
+        ends = await end_offsets(stack_info, topic, 2)
+        await wait_persisted(engine, settings.group_id, topic, ends)
+    # As if the worker died after sending but before marking...
+    async with engine.begin() as conn:
+        await conn.execute(update(dead_letters).values(published=None))
+    # ...and as if another died after writing rows but before sending them.
+    second = await send(stack_info, topic, messages(100, seed=32, invalid_every=20))
+    without_topic = settings_for(stack_info, topic, dead_letter_topic="")
+    async with running(Persister(without_topic, engine)):
+        ends = await end_offsets(stack_info, topic, 2)
+        await wait_persisted(engine, settings.group_id, topic, ends)
+    async with running(Persister(settings, engine)) as persister:
+
+        async def all_sent() -> bool:
+            async with engine.connect() as conn:
+                unsent = select(func.count()).where(dead_letters.c.published.is_(None))
+                return (await conn.execute(unsent)).scalar_one() == 0
+
+        await wait_until(all_sent, 30, "every dead letter to be sent")
+    assert persister.dead_letters.published == 5  # only the second part's
+
+    bad = sorted(
+        (topic, p, o) for i, (p, o) in enumerate(first + second) if (i % 200 + 1) % 20 == 0
+    )
+    assert len(bad) == 15
+    assert (await counts(engine))[2] == 15
+    records = await read_topic(stack_info, f"{topic}.dlq")
+    origins = sorted(origin(r.headers)[1:] for r in records)  # type: ignore[index]
+    assert origins == bad
+    kinds = {dict(r.headers)["dlq.error_class"] for r in records}
+    assert kinds == {b"Tombstone", b"InvalidJson", b"InvalidEnvelope"}

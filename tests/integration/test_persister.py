@@ -20,6 +20,7 @@ from tests.integration.support import (
     settings_for,
     stored_offsets,
     unique,
+    wait_persisted,
     wait_until,
 )
 from tests.records import msgs
@@ -35,15 +36,6 @@ def generated(n: int, seed: int) -> tuple[list[bytes], int]:
     rng = random.Random(seed)
     batch = [make_event(rng) for _ in range(n)]
     return [orjson.dumps(e) for e in batch], sum(1 + len(e["related"]) for e in batch)
-
-
-async def wait_persisted(
-    engine: AsyncEngine, group: str, topic: str, ends: dict[int, int], timeout_s: float = 60
-) -> None:
-    async def done() -> bool:
-        return await stored_offsets(engine, group, topic) == ends
-
-    await wait_until(done, timeout_s, f"stored offsets of {topic} to reach {ends}")
 
 
 async def test_10k_events_over_4_partitions(stack_info: StackInfo, engine: AsyncEngine) -> None:

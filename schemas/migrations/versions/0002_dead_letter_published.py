@@ -1,0 +1,26 @@
+"""dead_letters.published: when the record reached the dead-letter topic
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-28
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("dead_letters") as batch:
+        batch.add_column(sa.Column("published", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("dead_letters") as batch:
+        batch.drop_column("published")
