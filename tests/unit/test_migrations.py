@@ -19,8 +19,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from schemas.migrate import upgrade
+from schemas.migrate import alembic_config, upgrade
 from schemas.tables import metadata
 
 TABLES = {"events", "event_resources", "consumer_offsets", "dead_letters"}
@@ -130,11 +131,21 @@ def test_migrated_primary_keys(connection: sa.Connection) -> None:
     assert found == PRIMARY_KEYS
 
 
+def head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_migrations_form_one_line_of_history() -> None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert len(script.get_heads()) == 1
+    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+
+
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:
-    assert MigrationContext.configure(connection).get_current_revision() == "0001"
+    assert MigrationContext.configure(connection).get_current_revision() == head()
 
 
 def test_upgrading_again_is_a_no_op(migrated: Path, connection: sa.Connection) -> None:
     upgrade(f"sqlite+aiosqlite:///{migrated}")
-    assert MigrationContext.configure(connection).get_current_revision() == "0001"
+    assert MigrationContext.configure(connection).get_current_revision() == head()
     assert differences(connection, metadata) == []
