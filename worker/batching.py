@@ -61,10 +61,12 @@ class Accumulator:
     def __init__(self, triggers: Triggers) -> None:
         self.triggers = triggers
         self._buffers: dict[tuple[str, int], PartitionBuffer] = {}
+        self._nbytes = 0
 
     @property
     def buffered_bytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers.values())
+        """Key and value bytes held across all partitions."""
+        return self._nbytes
 
     def buffered(self, tp: tuple[str, int]) -> int:
         buffer = self._buffers.get(tp)
@@ -75,10 +77,13 @@ class Accumulator:
 
     def reset(self, tp: tuple[str, int], position: int | None) -> None:
         """Forget what is buffered; accept records from `position` on."""
+        self.forget(tp)
         self._buffers[tp] = PartitionBuffer(position=position)
 
     def forget(self, tp: tuple[str, int]) -> None:
-        self._buffers.pop(tp, None)
+        buffer = self._buffers.pop(tp, None)
+        if buffer is not None:
+            self._nbytes -= buffer.nbytes
 
     def add(self, tp: tuple[str, int], records: Iterable[Record], now: float) -> int:
         """Append records in offset order, skipping re-fetched ones. Returns how
@@ -88,8 +93,10 @@ class Accumulator:
         for record in records:
             if buffer.position is not None and record.offset < buffer.position:
                 continue
+            size = record_size(record)
             buffer.records.append(record)
-            buffer.nbytes += record_size(record)
+            buffer.nbytes += size
+            self._nbytes += size
             buffer.position = record.offset + 1
             added += 1
         if added and buffer.since is None:
@@ -142,7 +149,9 @@ class Accumulator:
         """Remove the first `count` records after they were written."""
         buffer = self._buffers[tp]
         for _ in range(count):
-            buffer.nbytes -= record_size(buffer.records.popleft())
+            size = record_size(buffer.records.popleft())
+            buffer.nbytes -= size
+            self._nbytes -= size
         # What is left arrived no earlier than `since`: keeping that clock errs
         # towards flushing it early, never late.
         if not buffer.records:

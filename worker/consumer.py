@@ -87,6 +87,7 @@ class Persister:
         self.stats = Stats()
         self.health = DatabaseHealth()
         self.dead_letters = DeadLetterPublisher(settings, engine)
+        self._over_bound = False
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
@@ -123,7 +124,8 @@ class Persister:
             while not stopping.is_set():
                 await self._prepare_assigned()
                 await self._poll()
-                await self._flush([tp for tp in self.accumulator.due(time.monotonic())])
+                await self._flush(self.accumulator.due(time.monotonic()))
+                self._apply_pauses()
         finally:
             await self._drain()
             await self.consumer.stop()
@@ -141,17 +143,39 @@ class Persister:
             state = self.owned.get(tp)
             if state is not None and state.ready:
                 self.accumulator.add(tp, records, now)
-                self._backpressure(tp, state)
+        self._apply_pauses()
 
-    def _backpressure(self, tp: TP, state: Owned) -> None:
-        """Stop fetching a partition whose buffer holds two batches already."""
-        t = self.accumulator.triggers
-        full = self.accumulator.buffered(tp) >= 2 * t.batch_size
-        ktp = TopicPartition(*tp)
-        if full or state.retry_at > time.monotonic():
-            self.consumer.pause(ktp)
-        else:
-            self.consumer.resume(ktp)
+    def _apply_pauses(self) -> None:
+        """The one place deciding which partitions are fetched. Paused: those
+        not positioned yet, those waiting to retry a write, those holding two
+        batches already, and, while the buffers of all partitions together
+        are over `max_buffered_bytes` (until they drop below half of it),
+        every partition holding anything."""
+        total = self.accumulator.buffered_bytes
+        bound = self.settings.max_buffered_bytes
+        if not self._over_bound and total >= bound:
+            logger.info("buffers hold %d bytes, the bound; pausing partitions with data", total)
+            self._over_bound = True
+        elif self._over_bound and total < bound // 2:
+            self._over_bound = False
+        now = time.monotonic()
+        two_batches = 2 * self.accumulator.triggers.batch_size
+        assigned = self.consumer.assignment()
+        paused: list[TopicPartition] = []
+        fetching: list[TopicPartition] = []
+        for tp, state in self.owned.items():
+            held = self.accumulator.buffered(tp)
+            stop = (
+                not state.ready
+                or state.retry_at > now
+                or held >= two_batches
+                or (self._over_bound and held > 0)
+            )
+            ktp = TopicPartition(*tp)
+            if ktp in assigned:  # it may be mid-rebalance
+                (paused if stop else fetching).append(ktp)
+        self.consumer.pause(*paused)
+        self.consumer.resume(*fetching)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -179,7 +203,6 @@ class Persister:
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
             await self._publish_dead_letters(tp, state)
-            self.consumer.resume(TopicPartition(*tp))
             logger.info("%s[%d]: resuming at stored offset %s", tp[0], tp[1], offset)
 
     async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
@@ -215,7 +238,6 @@ class Persister:
                 self.accumulator.consume(tp, len(batch))
                 await self._publish_dead_letters(tp, state)
                 await self._commit_kafka(tp, next_offset)
-                self._backpressure(tp, state)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
         s = self.settings
@@ -228,7 +250,6 @@ class Persister:
             logger.warning("%s; reloading its offset", exc)
             state.ready = False
             self.accumulator.reset(tp, None)
-            self.consumer.pause(TopicPartition(*tp))
             return False
         except (SQLAlchemyError, OSError) as exc:
             self.health.record(ok=False)
@@ -270,7 +291,6 @@ class Persister:
         state.failures += 1
         delay_s = backoff_s(state.failures)
         state.retry_at = time.monotonic() + delay_s
-        self.consumer.pause(TopicPartition(*tp))
         logger.warning(
             "%s[%d]: %s failed (attempt %d, retry in %.1fs): %s: %s",
             *tp,
