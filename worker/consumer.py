@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 TP = tuple[str, int]
 RETRY_BASE_S = 0.2
 RETRY_CAP_S = 30.0
+LEAVE_TIMEOUT_S = 5.0
 
 
 def backoff_s(failures: int) -> float:
@@ -67,6 +68,7 @@ class Stats:
     write_failures: int = 0
     isolation_attempts: int = 0
     rebalances: int = 0
+    rebalance_pause_s: float = 0.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -88,6 +90,7 @@ class Persister:
         self.health = DatabaseHealth()
         self.dead_letters = DeadLetterPublisher(settings, engine)
         self._over_bound = False
+        self._revoked_at: float | None = None
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
@@ -120,6 +123,7 @@ class Persister:
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
+        await self._warn_missing_topics()
         try:
             while not stopping.is_set():
                 await self._prepare_assigned()
@@ -128,15 +132,40 @@ class Persister:
                 self._apply_pauses()
         finally:
             await self._drain()
-            await self.consumer.stop()
-            await self.dead_letters.stop()
-            logger.info("left group %r", s.group_id)
+            await self._leave()
+
+    async def _warn_missing_topics(self) -> None:
+        if self.settings.topic_pattern:
+            return
+        missing = set(self.settings.topics) - await self.consumer.topics()
+        for topic in sorted(missing):
+            logger.warning(
+                "topic %s does not exist yet; it is picked up once created (metadata is "
+                "refreshed every %.0f s)",
+                topic,
+                self.settings.metadata_max_age_s,
+            )
+
+    async def _leave(self) -> None:
+        try:
+            await asyncio.wait_for(self.consumer.stop(), LEAVE_TIMEOUT_S)
+            await asyncio.wait_for(self.dead_letters.stop(), LEAVE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("could not leave group %r cleanly", self.settings.group_id)
+        else:
+            logger.info("left group %r", self.settings.group_id)
 
     async def _poll(self) -> None:
         now = time.monotonic()
         wait_s = self.accumulator.next_due_in(now)
         wait_s = self.settings.flush_every_s if wait_s is None else min(wait_s, 1.0)
-        fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
+        except KafkaError as exc:
+            # The broker's problem, not ours to die of: aiokafka reconnects.
+            logger.warning("fetch failed: %r; retrying", exc)
+            await asyncio.sleep(min(1.0, wait_s))
+            return
         now = time.monotonic()
         for ktp, records in fetched.items():
             tp = (ktp.topic, ktp.partition)
@@ -324,11 +353,20 @@ class Persister:
             self.accumulator.reset(tp, None)
             # Nothing is fetched until the stored offset is known.
             self.consumer.pause(TopicPartition(*tp))
-        logger.info("assigned %s", _names(partitions))
+        paused_s = time.monotonic() - self._revoked_at if self._revoked_at else 0.0
+        self.stats.rebalance_pause_s += paused_s
+        self._revoked_at = None
+        logger.info(
+            "rebalance %d: assigned %s (consumption paused %.1f s)",
+            self.stats.rebalances,
+            _names(partitions),
+            paused_s,
+        )
 
     async def on_revoked(self, partitions: list[TP]) -> None:
         """Flush what the revoked partitions hold, then let them go. What cannot
         be flushed in time is dropped: the next owner re-reads it."""
+        self._revoked_at = time.monotonic()
         mine = [tp for tp in partitions if tp in self.owned]
         try:
             await asyncio.wait_for(
