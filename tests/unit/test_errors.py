@@ -1,0 +1,74 @@
+"""Which database errors are retried and which rows are dead-lettered."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
+
+from worker.errors import DatabaseHealth, ErrorKind, classify, describe, sqlstate
+
+
+class DriverError(Exception):
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def wrapped(code: str | None, message: str = "boom") -> DBAPIError:
+    """What SQLAlchemy raises for a driver error with this SQLSTATE."""
+    return DBAPIError("INSERT ...", {}, DriverError(message, code))
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("22P02", ErrorKind.DATA),  # invalid text representation
+        ("22001", ErrorKind.DATA),  # value too long
+        ("22P05", ErrorKind.DATA),  # \u0000 in jsonb
+        ("23502", ErrorKind.DATA),  # not null violation
+        ("08006", ErrorKind.TRANSIENT),  # connection failure
+        ("40001", ErrorKind.TRANSIENT),  # serialization failure
+        ("40P01", ErrorKind.TRANSIENT),  # deadlock
+        ("57P01", ErrorKind.TRANSIENT),  # admin shutdown
+        ("53300", ErrorKind.TRANSIENT),  # too many connections
+        ("53100", ErrorKind.TRANSIENT),  # disk full
+        ("42P01", ErrorKind.TRANSIENT),  # undefined table: retried until migrated
+        (None, ErrorKind.TRANSIENT),  # no SQLSTATE: connection refused and the like
+    ],
+)
+def test_classify_by_sqlstate(code: str | None, kind: ErrorKind) -> None:
+    assert classify(wrapped(code)) is kind
+
+
+def test_errors_without_a_database_are_transient() -> None:
+    assert classify(ConnectionRefusedError()) is ErrorKind.TRANSIENT
+    assert classify(TimeoutError()) is ErrorKind.TRANSIENT
+    assert classify(OperationalError("SELECT 1", {}, OSError("gone"))) is ErrorKind.TRANSIENT
+
+
+def test_a_value_that_cannot_be_bound_is_the_rows_fault() -> None:
+    exc = StatementError("bind failed", "INSERT ...", {}, TypeError("Integer exceeds 64-bit range"))
+    assert classify(exc) is ErrorKind.DATA
+
+
+def test_sqlstate_found_through_causes() -> None:
+    outer = RuntimeError("outer")
+    outer.__cause__ = wrapped("22P02")
+    assert sqlstate(outer) == "22P02"
+    assert sqlstate(ValueError()) is None
+
+
+def test_describe_names_the_driver_error_and_its_sqlstate() -> None:
+    error_class, message = describe(wrapped("22P05", "unsupported Unicode escape\nDETAIL: more"))
+    assert error_class == "DatabaseRejected:DriverError"
+    assert message == "SQLSTATE 22P05: unsupported Unicode escape"
+
+
+def test_health_makes_data_errors_transient_while_the_database_fails() -> None:
+    health = DatabaseHealth()
+    data_error = wrapped("22P02")
+    assert health.treat_as(data_error) is ErrorKind.DATA
+    health.record(ok=False)
+    assert health.treat_as(data_error) is ErrorKind.TRANSIENT
+    health.record(ok=True)
+    assert health.treat_as(data_error) is ErrorKind.DATA
