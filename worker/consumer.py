@@ -22,10 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.batching import Accumulator, Record, Triggers
 from worker.deadletter import DeadLetterPublisher
-from worker.decoding import Rows, to_rows
-from worker.errors import DatabaseHealth, ErrorKind, describe
 from worker.settings import Settings
-from worker.storage import FenceError, Written, load_offsets, write_batch
+from worker.storage import FenceError, load_offsets
+from worker.writer import BatchWriter
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class Persister:
         self.settings = settings
         self.engine = engine
         self.stats = Stats()
-        self.health = DatabaseHealth()
+        self.writer = BatchWriter(settings, engine)
         self.dead_letters = DeadLetterPublisher(settings, engine)
         self._over_bound = False
         self._revoked_at: float | None = None
@@ -95,7 +94,6 @@ class Persister:
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
         )
-        self._slots = asyncio.Semaphore(settings.database_pool_size)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.group_id,
@@ -269,11 +267,8 @@ class Persister:
                 await self._commit_kafka(tp, next_offset)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
-        s = self.settings
-        rows = to_rows(batch, s.limits, s.max_message_bytes)
         try:
-            async with self._slots:
-                written = await self._write_rows(tp, state.stored, next_offset, rows)
+            written = await self.writer.write(tp, state.stored, batch)
         except FenceError as exc:
             self.stats.fence_failures += 1
             logger.warning("%s; reloading its offset", exc)
@@ -281,37 +276,18 @@ class Persister:
             self.accumulator.reset(tp, None)
             return False
         except (SQLAlchemyError, OSError) as exc:
-            self.health.record(ok=False)
             self.stats.write_failures += 1
             self._failed(tp, "writing a batch", exc)
             return False
-        self.health.record(ok=True)
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
+        state.dead_letters_unsent |= written.dead_letters > 0
         self.stats.batches += 1
         self.stats.events += written.events
         self.stats.resources += written.resources
         self.stats.dead_letters += written.dead_letters
-        state.dead_letters_unsent |= written.dead_letters > 0
         self.stats.isolation_attempts += written.isolation_attempts
         logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
         return True
-
-    async def _write_rows(
-        self, tp: TP, expected: int | None, next_offset: int, rows: Rows
-    ) -> Written:
-        """Write the batch; if the database rejects some of its rows, write it
-        again isolating them (unless the database itself is suspect)."""
-        group = self.settings.group_id
-        try:
-            return await write_batch(self.engine, group, tp, expected, next_offset, rows)
-        except SQLAlchemyError as exc:
-            if self.health.treat_as(exc) is not ErrorKind.DATA:
-                raise
-            code, message = describe(exc)
-            logger.warning(
-                "%s[%d]: database rejected a row (%s: %s); isolating", *tp, code, message
-            )
-        return await write_batch(self.engine, group, tp, expected, next_offset, rows, isolate=True)
 
     def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
         state = self.owned.get(tp)

@@ -1,0 +1,66 @@
+"""One partition batch -> one database transaction (see `worker.storage`), and
+what a failure means:
+
+- `FenceError` (raised): another worker owns the partition now;
+- rows the database rejects as data errors: the batch is written again with
+  those rows isolated and dead-lettered, unless the database is suspect;
+- anything else (raised): the database is unwell, retry later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker.batching import Record
+from worker.decoding import Rows, to_rows
+from worker.errors import DatabaseHealth, ErrorKind, describe
+from worker.settings import Settings
+from worker.storage import Written, write_batch
+
+logger = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class BatchWriter:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.health = DatabaseHealth()
+        # At most one transaction per pooled connection; others wait here
+        # rather than in the pool, where they would time out.
+        self._slots = asyncio.Semaphore(settings.database_pool_size)
+
+    async def write(self, tp: TP, expected: int | None, batch: list[Record]) -> Written:
+        """Write `batch` and advance the stored offset from `expected` to the
+        offset after its last record."""
+        s = self.settings
+        rows = to_rows(batch, s.limits, s.max_message_bytes)
+        next_offset = batch[-1].offset + 1
+        async with self._slots:
+            try:
+                written = await self._write_rows(tp, expected, next_offset, rows)
+            except (SQLAlchemyError, OSError):
+                self.health.record(ok=False)
+                raise
+        self.health.record(ok=True)
+        return written
+
+    async def _write_rows(
+        self, tp: TP, expected: int | None, next_offset: int, rows: Rows
+    ) -> Written:
+        group = self.settings.group_id
+        try:
+            return await write_batch(self.engine, group, tp, expected, next_offset, rows)
+        except SQLAlchemyError as exc:
+            if self.health.treat_as(exc) is not ErrorKind.DATA:
+                raise
+            code, message = describe(exc)
+            logger.warning(
+                "%s[%d]: database rejected a row (%s: %s); isolating", *tp, code, message
+            )
+        return await write_batch(self.engine, group, tp, expected, next_offset, rows, isolate=True)
