@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import ValidationError
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
@@ -20,6 +21,9 @@ from worker.batching import Record
 from worker.settings import Limits
 
 MAX_ERROR_CHARS = 2000
+# Columns of `events` and `event_resources` whose row values are JSON text,
+# serialised once here: writers pass them to the database as they are.
+JSON_COLUMNS = frozenset({"resource", "related_resource_ids", "related", "payload"})
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,21 @@ def received_at(record: Record) -> datetime:
     return datetime.now(UTC)
 
 
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def event_row(event: Event, received: datetime) -> dict[str, Any]:
+    """The `events` row; JSON columns as JSON text (see JSON_COLUMNS)."""
     return {
         "id": event.id,
         "occurred": event.occurred,
         "event": event.event,
         "resource_id": event.resource_id,
-        "resource": event.resource,
-        "related_resource_ids": [r[RESOURCE_ID] for r in event.related],
-        "related": event.related,
-        "payload": event.payload,
+        "resource": json_text(event.resource),
+        "related_resource_ids": json_text([r[RESOURCE_ID] for r in event.related]),
+        "related": json_text(event.related),
+        "payload": json_text(event.payload),
         "received": event.received or received,
         "follows": event.follows,
     }
@@ -95,7 +104,7 @@ def resource_rows(event: Event) -> list[dict[str, Any]]:
                 "resource_role": role,
                 "resource_id": labels[RESOURCE_ID],
                 "occurred": event.occurred,
-                "resource": labels,
+                "resource": json_text(labels),
             },
         )
     return list(rows.values())
@@ -108,7 +117,14 @@ def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -
         if isinstance(decoded, Rejection):
             rows.rejections.append(decoded)
         elif decoded.id not in rows.resources:
-            rows.events.append(event_row(decoded, received_at(record)))
+            try:
+                row = event_row(decoded, received_at(record))
+            except orjson.JSONEncodeError as exc:
+                # JSON that parses but cannot be stored, e.g. an integer
+                # beyond 64 bits.
+                rows.rejections.append(Rejection(record, "InvalidEnvelope", f"payload: {exc}"))
+                continue
+            rows.events.append(row)
             rows.resources[decoded.id] = resource_rows(decoded)
             rows.sources[decoded.id] = record
     return rows

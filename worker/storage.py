@@ -20,9 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from schemas.tables import consumer_offsets, dead_letters, event_resources, events
+from schemas.tables import consumer_offsets, dead_letters
 from worker.decoding import Rejection, Rows, received_at
 from worker.errors import ErrorKind, classify, describe
+from worker.inserts import insert_events, insert_resources
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,9 @@ async def insert_rows(
     """Insert events idempotently, and resource rows for the new ones only."""
     if not event_rows:
         return 0, 0
-    stmt = _insert(conn, events).on_conflict_do_nothing().returning(events.c.id)
-    new_ids = (await conn.execute(stmt, event_rows)).scalars().all()
+    new_ids = await insert_events(conn, event_rows)
     resources = [r for event_id in new_ids for r in rows.resources[event_id]]
-    if resources:
-        await conn.execute(_insert(conn, event_resources).on_conflict_do_nothing(), resources)
+    await insert_resources(conn, resources)
     return len(new_ids), len(resources)
 
 

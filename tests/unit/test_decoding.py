@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import pytest
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
@@ -208,10 +209,10 @@ def test_event_row_has_every_column() -> None:
             "occurred": OCCURRED,
             "event": "prefect.flow-run.Completed",
             "resource_id": "prefect.flow-run.1",
-            "resource": {RESOURCE_ID: "prefect.flow-run.1"},
-            "related_resource_ids": ["r1"],
-            "related": related,
-            "payload": payload,
+            "resource": '{"prefect.resource.id":"prefect.flow-run.1"}',
+            "related_resource_ids": '["r1"]',
+            "related": orjson.dumps(related).decode(),
+            "payload": '{"k":[1,2]}',
             "received": RECORD_TIME,
             "follows": FOLLOWS,
         }
@@ -246,7 +247,7 @@ def test_resource_rows_are_the_primary_and_each_distinct_related_role_and_id() -
             "resource_role": role,
             "resource_id": id,
             "occurred": OCCURRED,
-            "resource": labels,
+            "resource": orjson.dumps(labels).decode(),
         }
 
     assert rows.resources == {
@@ -270,8 +271,16 @@ def test_an_event_without_related_has_one_resource_row() -> None:
 def test_related_resource_ids_follow_the_related_list_in_order() -> None:
     related = [rel("b", "tag"), rel("a", "flow"), rel("c", "tag")]
     rows = to_rows([record(raw(related=related))], LIMITS, MAX)
-    assert rows.events[0]["related_resource_ids"] == ["b", "a", "c"]
-    assert rows.events[0]["related"] == related
+    assert orjson.loads(rows.events[0]["related_resource_ids"]) == ["b", "a", "c"]
+    assert orjson.loads(rows.events[0]["related"]) == related
+
+
+def test_json_that_cannot_be_stored_is_rejected_before_the_database() -> None:
+    rows = to_rows([record(raw(payload={"big": 2**70}))], LIMITS, MAX)
+    assert rows.events == []
+    assert [(r.error_class, r.error) for r in rows.rejections] == [
+        ("InvalidEnvelope", "payload: Integer exceeds 64-bit range")
+    ]
 
 
 def test_duplicate_ids_in_a_batch_give_one_event_row_and_the_first_wins() -> None:
