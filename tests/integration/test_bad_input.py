@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 import random
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
