@@ -117,3 +117,17 @@ dead_letters = Table(
     # One dead letter per message, also when a replay reads it again.
     Index(None, "group_id", "topic", "partition", "offset", unique=True),
 )
+
+# One row per singleton task (the retention trimmer): the replica holding it,
+# until when, and an epoch that grows with every change of holder. Work done
+# under a lease checks holder and epoch in the same statement, so a former
+# holder that was paused past its expiry changes nothing.
+leader_leases = Table(
+    "leader_leases",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("holder", Text, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires", Timestamp, nullable=False),
+    PrimaryKeyConstraint("name"),
+)

@@ -9,13 +9,24 @@ once it is doing its work, so callers can wait for readiness instead of time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import ClassVar
 
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from worker.consumer import Persister
+from worker.leader import Lease, acquire, release
+from worker.retention import Trimmed, trim
 from worker.settings import ENV_PREFIX, ServiceToggle, Settings
 from worker.storage import create_engine
 
@@ -86,6 +97,14 @@ class Service(ABC):
     async def stop(self) -> None:
         self._stopping.set()
 
+    async def pause(self, seconds: float) -> bool:
+        """Wait `seconds` or until stopped; True if stopped."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
 
 class EventPersister(Service):
     """Consumes the event topics and writes them to the database."""
@@ -100,3 +119,71 @@ class EventPersister(Service):
             await persister.run(self._stopping, self.started_event)
         finally:
             await engine.dispose()
+
+
+class RetentionTrimmer(Service):
+    """Trims events older than the retention period, on the one replica that
+    holds the `retention` lease (see worker.leader, worker.retention)."""
+
+    name = "retention_trimmer"
+    lease_name = "retention"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease: Lease | None = None
+        self.last_trim: Trimmed | None = None
+
+    async def start(self) -> None:
+        engine = create_engine(self.settings.database_url, pool_size=2)
+        try:
+            self.started_event.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._keep_lease(engine))
+                tasks.create_task(self._trim_while_leading(engine))
+        finally:
+            if self.lease is not None:
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await release(engine, self.lease)
+                    logger.info("handed the retention lease back")
+            await engine.dispose()
+
+    async def _keep_lease(self, engine: AsyncEngine) -> None:
+        ttl = self.settings.lease_ttl
+        while True:
+            try:
+                lease = await acquire(engine, self.lease_name, self.holder, ttl)
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("could not renew the retention lease: %r", exc)
+                held = self.lease
+                lease = held if held and held.expires > datetime.now(UTC) else None
+            if lease is not None and self.lease is None:
+                logger.info("leading retention trimming (epoch %d)", lease.epoch)
+            elif lease is None and self.lease is not None:
+                logger.info("no longer leading retention trimming")
+            self.lease = lease
+            if await self.pause(ttl.total_seconds() / 3):
+                return
+
+    async def _trim_while_leading(self, engine: AsyncEngine) -> None:
+        s = self.settings
+        while True:
+            lease = self.lease
+            if lease is None:
+                wait_s = s.lease_ttl.total_seconds() / 3
+            else:
+                wait_s = s.trim_every.total_seconds()
+                started = time.monotonic()
+                try:
+                    self.last_trim = await trim(engine, s, lease)
+                except (SQLAlchemyError, OSError) as exc:
+                    logger.warning("trim failed: %r; next try in %.0f s", exc, wait_s)
+                else:
+                    logger.info(
+                        "trimmed %d events and %d resource rows in %.1f s",
+                        self.last_trim.events,
+                        self.last_trim.resources,
+                        time.monotonic() - started,
+                    )
+            if await self.pause(wait_s):
+                return

@@ -4,9 +4,18 @@ directory, validated once at start-up, frozen afterwards."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -15,6 +24,29 @@ ENV_PREFIX = "PERSISTER_"
 SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
+
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """`90s`, `15m`, `2h`, `7d`, `1w`, or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS_S.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 2h, 7d)") from None
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 class ServiceToggle(BaseModel):
@@ -27,6 +59,7 @@ class ServiceToggle(BaseModel):
 class ServicesSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     event_persister: ServiceToggle = ServiceToggle()
+    retention_trimmer: ServiceToggle = ServiceToggle()
 
 
 class Limits(BaseModel):
@@ -85,6 +118,13 @@ class Settings(BaseSettings):
     # (dead letters still go to the dead_letters table).
     dead_letter_topic: str = "<topic>.dlq"
 
+    retention: Duration = timedelta(days=7)
+    # Shorter retention for event names matching a glob, e.g. {"heartbeat.*": "1d"}.
+    retention_overrides: dict[str, Duration] = Field(default_factory=dict)
+    trim_every: Duration = timedelta(minutes=15)
+    trim_batch_size: int = Field(10_000, ge=1, le=1_000_000)
+    lease_ttl: Duration = timedelta(seconds=15)
+
     shutdown_grace_s: float = Field(30.0, gt=0)
     rebalance_flush_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -124,6 +164,12 @@ class Settings(BaseSettings):
             raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
         if self.max_message_bytes > self.max_batch_bytes:
             raise ValueError("max_message_bytes must not exceed max_batch_bytes")
+        for pattern, kept in self.retention_overrides.items():
+            if kept > self.retention:
+                raise ValueError(
+                    f"retention override {pattern!r} ({kept}) is longer than retention "
+                    f"({self.retention}); an override can only shorten it"
+                )
         if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:
             raise ValueError("rebalance_flush_timeout_s must be below max_poll_interval_s")
         if self.session_timeout_s >= self.max_poll_interval_s:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from schemas.tables import consumer_offsets, dead_letters
 from worker.decoding import Rejection, Rows, received_at
@@ -182,6 +182,32 @@ async def insert_dead_letters(
     ]
     stmt = _insert(conn, dead_letters).on_conflict_do_nothing().returning(dead_letters.c.id)
     return len((await conn.execute(stmt, values)).scalars().all())
+
+
+async def batch_delete(
+    session: AsyncSession,
+    model: Table,
+    condition: ColumnElement[bool],
+    batch_size: int = 10_000,
+) -> int:
+    """Delete the rows of `model` matching `condition`, at most `batch_size` at
+    a time, one transaction each, until none is left; returns how many.
+
+    Each batch picks its rows by primary key through a LIMIT subquery, so no
+    statement holds locks on, or runs as long as, the whole range would.
+    """
+    key = list(model.primary_key.columns)
+    total = 0
+    while True:
+        chosen = select(*key).where(condition).limit(batch_size)
+        target = key[0].in_(chosen) if len(key) == 1 else tuple_(*key).in_(chosen)
+        result = await session.execute(delete(model).where(target))
+        await session.commit()
+        deleted = int(result.rowcount)  # type: ignore[attr-defined]
+        total += deleted
+        logger.debug("deleted %d rows from %s", deleted, model.name)
+        if deleted < batch_size:
+            return total
 
 
 async def write_batch(

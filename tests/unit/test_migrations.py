@@ -24,7 +24,7 @@ from alembic.script import ScriptDirectory
 from schemas.migrate import alembic_config, upgrade
 from schemas.tables import metadata
 
-TABLES = {"events", "event_resources", "consumer_offsets", "dead_letters"}
+TABLES = {"events", "event_resources", "consumer_offsets", "dead_letters", "leader_leases"}
 
 INDEXES = {
     "events": {
@@ -38,6 +38,7 @@ INDEXES = {
     },
     "consumer_offsets": set(),
     "dead_letters": {"ix_dead_letters__group_id_topic_partition_offset"},
+    "leader_leases": set(),
 }
 
 PRIMARY_KEYS = {
@@ -45,6 +46,7 @@ PRIMARY_KEYS = {
     "event_resources": ("pk_event_resources", ["event_id", "resource_role", "resource_id"]),
     "consumer_offsets": ("pk_consumer_offsets", ["group_id", "topic", "partition"]),
     "dead_letters": ("pk_dead_letters", ["id"]),
+    "leader_leases": ("pk_leader_leases", ["name"]),
 }
 
 
@@ -138,7 +140,7 @@ def head() -> str | None:
 def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
 
 
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:

@@ -1,0 +1,3 @@
+from worker.bench.runner import main
+
+raise SystemExit(main())

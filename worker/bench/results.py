@@ -1,0 +1,137 @@
+"""What the benchmark measured, in one place for the table, the JSON and the chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Phase:
+    """One row of the result table: `events` handled in `seconds` of wall time."""
+
+    name: str
+    events: int
+    seconds: float
+    note: str = ""
+    # Worker runs only: peak RSS of each replica, and CPU over the run, summed.
+    peak_rss_mib: list[float] = field(default_factory=list)
+    cpu_seconds: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_s_per_10k(self) -> float | None:
+        if self.cpu_seconds is None or not self.events:
+            return None
+        return self.cpu_seconds / self.events * 10_000
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.rate, 1),
+            "note": self.note,
+            "peak_rss_mib_per_replica": [round(m, 1) for m in self.peak_rss_mib],
+            "peak_rss_mib_sum": round(sum(self.peak_rss_mib), 1) if self.peak_rss_mib else None,
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
+            "cpu_s_per_10k_events": _round(self.cpu_s_per_10k, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Record timestamp -> row visible, over `rows` rows."""
+
+    name: str
+    rows: int
+    p50_ms: float
+    p99_ms: float
+    note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "p50_ms": round(self.p50_ms, 1),
+            "p99_ms": round(self.p99_ms, 1),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class IndexCost:
+    """The COPY write path with a set of secondary indexes dropped."""
+
+    config: str
+    dropped: tuple[str, ...]
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One correctness check: a count that must come out exactly as expected."""
+
+    what: str
+    expected: int
+    actual: int
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass
+class Results:
+    events: int
+    started: str
+    machine: dict[str, Any]
+    load_seconds: float = 0.0
+    load_bytes: int = 0
+    phases: list[Phase] = field(default_factory=list)
+    latencies: list[Latency] = field(default_factory=list)
+    index_costs: list[IndexCost] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    finished: str = ""
+    total_seconds: float = 0.0
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    def phase(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def ratios(self) -> dict[str, float | None]:
+        worker = self.phase(WORKER_1)
+
+        def ratio(other: str) -> float | None:
+            base = self.phase(other)
+            if worker is None or base is None or not base.rate:
+                return None
+            return worker.rate / base.rate
+
+        return {
+            "worker_1_over_write_ceiling": ratio(WRITE_CEILING),
+            "worker_1_over_naive": ratio(NAIVE),
+            "worker_1_over_consume_ceiling": ratio(CONSUME_CEILING),
+        }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+CONSUME_CEILING = "consume ceiling"
+WRITE_CEILING = "write ceiling (COPY)"
+NAIVE = "naive baseline"
+WORKER_1 = "worker, 1 replica"
+WORKER_2 = "worker, 2 replicas"
