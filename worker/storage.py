@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Table, and_, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, delete, event, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -48,9 +48,19 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
 def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
     if database_url.startswith("sqlite"):
-        return create_async_engine(database_url, json_serializer=_json)
+        engine = create_async_engine(
+            database_url,
+            json_serializer=_json,
+            # SQLite has one writer at a time: others wait for it, not fail.
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_wal)
+        return engine
     return create_async_engine(
         database_url,
         pool_size=pool_size,
@@ -59,6 +69,13 @@ def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
         json_serializer=_json,
         json_deserializer=orjson.loads,
     )
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    # Readers (status, tests) never block the writer, nor it them.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.migrate import upgrade
+from schemas.migrate import upgrade, upgrade_async
 from worker.stack import LocalStack, StackInfo
 from worker.storage import create_engine
 
@@ -33,11 +33,35 @@ def stack_info(local_stack: LocalStack) -> StackInfo:
     return local_stack.info
 
 
+TABLES = ("events", "event_resources", "consumer_offsets", "dead_letters", "leader_leases")
+
+
+async def emptied(url: str) -> AsyncEngine:
+    engine = create_engine(url, pool_size=4)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+    return engine
+
+
 @pytest.fixture
 async def engine(stack_info: StackInfo) -> AsyncIterator[AsyncEngine]:
-    """The database, emptied before each test so counts are exact."""
-    engine = create_engine(stack_info.database_url, pool_size=4)
-    async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE events, event_resources, consumer_offsets, dead_letters"))
+    """The PostgreSQL database, emptied before each test so counts are exact."""
+    engine = await emptied(stack_info.database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def any_engine(
+    request: pytest.FixtureRequest, stack_info: StackInfo, tmp_path: Path
+) -> AsyncIterator[AsyncEngine]:
+    """Each dialect in turn: the session's PostgreSQL (emptied), or a new,
+    migrated SQLite file. Tests taking it must hold on both."""
+    if request.param == "postgresql":
+        engine = await emptied(stack_info.database_url)
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+        await upgrade_async(url)
+        engine = create_engine(url, pool_size=4)
     yield engine
     await engine.dispose()
