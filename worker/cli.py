@@ -16,8 +16,10 @@ from rich.progress import Progress
 
 from schemas.migrate import upgrade
 from worker import loadgen, stack
+from worker.retention import Trimmed, trim
 from worker.services import Service
 from worker.settings import Settings
+from worker.storage import create_engine
 
 app = typer.Typer(help="Persist events from Kafka topics into PostgreSQL.", no_args_is_help=True)
 stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
@@ -78,6 +80,33 @@ def migrate() -> None:
     configure_logging(settings.log_level)
     upgrade(settings.database_url)
     typer.echo(f"migrated {settings.redacted_database_url()}")
+
+
+@app.command("trim")
+def trim_command(
+    once: Annotated[bool, typer.Option("--once", help="Trim now, once (required).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete events older than the retention period (the leader does this
+    every PERSISTER_TRIM_EVERY; this is for operators)."""
+    if not once:
+        typer.echo(
+            "trim runs once per call: pass --once (the service trims periodically)", err=True
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+
+    async def go() -> Trimmed:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            return await trim(engine, settings, lease=None, dry_run=dry_run)
+        finally:
+            await engine.dispose()
+
+    trimmed = asyncio.run(go())
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {trimmed.events} events and {trimmed.resources} resource rows")
 
 
 StateDir = Annotated[
