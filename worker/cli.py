@@ -7,18 +7,23 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from schemas.migrate import upgrade
 from worker import loadgen, stack
+from worker.kafka_admin import KafkaView
+from worker.replay import Move, ReplayRefused, Target, apply, plan
 from worker.retention import Trimmed, trim
 from worker.services import Service
-from worker.settings import Settings
+from worker.settings import Settings, parse_duration
 from worker.storage import create_engine
 
 app = typer.Typer(help="Persist events from Kafka topics into PostgreSQL.", no_args_is_help=True)
@@ -107,6 +112,87 @@ def trim_command(
     trimmed = asyncio.run(go())
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {trimmed.events} events and {trimmed.resources} resource rows")
+
+
+EXIT_REFUSED = 3
+
+
+def replay_target(
+    to_earliest: bool, to_offset: int | None, to_timestamp: str | None, by_duration: str | None
+) -> Target:
+    """Exactly one of the four options, checked and parsed."""
+    given = [to_earliest, to_offset is not None, to_timestamp is not None, by_duration is not None]
+    if sum(given) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --to-earliest, --to-offset, --to-timestamp, --by-duration"
+        )
+    if to_timestamp is not None:
+        try:
+            when = datetime.fromisoformat(to_timestamp)
+        except ValueError:
+            raise typer.BadParameter(f"--to-timestamp {to_timestamp!r} is not ISO 8601") from None
+        return Target(timestamp=when if when.tzinfo else when.replace(tzinfo=UTC))
+    if by_duration is not None:
+        try:
+            return Target(timestamp=datetime.now(UTC) - parse_duration(by_duration))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return Target(earliest=to_earliest, offset=to_offset)
+
+
+@app.command()
+def replay(
+    group: Annotated[str, typer.Option(help="The consumer group.")],
+    topic: Annotated[str, typer.Option(help="The topic to replay.")],
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+    to_earliest: Annotated[bool, typer.Option("--to-earliest", help="From the start.")] = False,
+    to_offset: Annotated[int | None, typer.Option(help="From this offset.")] = None,
+    to_timestamp: Annotated[
+        str | None, typer.Option(help="From this time (ISO 8601; no zone: UTC).")
+    ] = None,
+    by_duration: Annotated[str | None, typer.Option(help="From this long ago (2h, 1d).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Even with live members.")] = False,
+) -> None:
+    """Move a group's positions (in the database and in Kafka) to re-read a topic.
+
+    Exit codes: 0 moved (or shown with --dry-run), 2 bad arguments, 3 refused
+    because the group has live members (stop the workers, or --force)."""
+    target = replay_target(to_earliest, to_offset, to_timestamp, by_duration)
+    settings = load_settings()
+    configure_logging("WARNING")
+
+    async def go() -> list[Move]:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with KafkaView.open(settings) as view:
+                moves = await plan(view, engine, group, topic, partition, target)
+                if not dry_run:
+                    await apply(view, engine, group, topic, moves, force)
+                return moves
+        finally:
+            await engine.dispose()
+
+    try:
+        moves = asyncio.run(go())
+    except ReplayRefused as exc:
+        typer.echo(f"refused: {exc}; stop the workers first, or pass --force", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    show_moves(group, topic, moves, dry_run)
+
+
+def show_moves(group: str, topic: str, moves: list[Move], dry_run: bool) -> None:
+    title = f"{'would move' if dry_run else 'moved'} group {group!r} on {topic!r}"
+    table = Table(title=title)
+    for column in ("partition", "stored (before)", "Kafka committed (before)", "after", "re-read"):
+        table.add_column(column, justify="right")
+    for m in moves:
+        cells = [m.partition, m.stored, m.committed, m.target, m.events]
+        table.add_row(*("-" if v is None else str(v) for v in cells))
+    Console().print(table)
 
 
 StateDir = Annotated[

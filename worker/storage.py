@@ -78,7 +78,7 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _insert(conn: AsyncConnection, table: Any) -> Any:
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -114,7 +114,7 @@ async def advance_offset(
     key = and_(c.group_id == group_id, c.topic == tp[0], c.partition == tp[1])
     if expected is None:
         stmt = (
-            _insert(conn, consumer_offsets)
+            dialect_insert(conn, consumer_offsets)
             .values(group_id=group_id, topic=tp[0], partition=tp[1], next_offset=next_offset)
             .on_conflict_do_nothing()
         )
@@ -197,7 +197,7 @@ async def insert_dead_letters(
         }
         for r in rejections
     ]
-    stmt = _insert(conn, dead_letters).on_conflict_do_nothing().returning(dead_letters.c.id)
+    stmt = dialect_insert(conn, dead_letters).on_conflict_do_nothing().returning(dead_letters.c.id)
     return len((await conn.execute(stmt, values)).scalars().all())
 
 

@@ -8,18 +8,26 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
+import orjson
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.tables import event_resources, events
 from tests.integration.support import (
     counts,
     create_topic,
     end_offsets,
+    running,
     send,
+    settings_for,
     stored_offsets,
     unique,
+    wait_persisted,
     wait_until,
 )
+from worker.consumer import Persister
 from worker.loadgen import messages
 from worker.stack import StackInfo
 
@@ -75,3 +83,68 @@ async def test_run_persists_then_sigterm_exits_0(
     assert "left group" in out
     events, _, dead = await counts(engine)
     assert (events, dead) == (891, 9)
+
+
+def cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    proc = persister(*args, env=env)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out
+
+
+async def test_replay_restores_trimmed_events(stack_info: StackInfo, engine: AsyncEngine) -> None:
+    topic = unique("replay")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 2)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
+        "DATABASE_URL": stack_info.database_url,
+    }
+    await send(stack_info, topic, messages(300, seed=41))
+    since = datetime.now(UTC)
+    await send(stack_info, topic, messages(200, seed=42))
+    ends = await end_offsets(stack_info, topic, 2)
+    settings = settings_for(stack_info, topic, group_id=group)
+    replay = ("replay", "--group", group, "--topic", topic)
+
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, group, topic, ends)
+        code, out = await asyncio.to_thread(cli, *replay, "--to-earliest", env=env)
+        assert code == 3 and "live members" in out, out
+    assert await counts(engine) == (500, 500 + sum_related(300, 41) + sum_related(200, 42), 0)
+
+    # Trim everything, as if retention had run.
+    async with engine.begin() as conn:
+        await conn.execute(delete(event_resources))
+        await conn.execute(delete(events))
+
+    code, out = await asyncio.to_thread(
+        cli, *replay, "--to-timestamp", since.isoformat(), "--dry-run", env=env
+    )
+    assert code == 0, out
+    assert await stored_offsets(engine, group, topic) == ends  # a dry run moves nothing
+
+    code, out = await asyncio.to_thread(cli, *replay, "--to-timestamp", since.isoformat(), env=env)
+    assert code == 0, out
+    moved = await stored_offsets(engine, group, topic)
+    assert sum(ends[p] - moved[p] for p in ends) == 200
+
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, group, topic, ends)
+    assert await counts(engine) == (200, 200 + sum_related(200, 42), 0)
+
+    # Replaying over what is stored adds nothing.
+    code, out = await asyncio.to_thread(cli, *replay, "--to-earliest", env=env)
+    assert code == 0, out
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, group, topic, ends)
+    assert await counts(engine) == (500, 500 + sum_related(300, 41) + sum_related(200, 42), 0)
+
+
+def sum_related(count: int, seed: int) -> int:
+    return sum(len(orjson.loads(v or b"{}")["related"]) for v in messages(count, seed=seed))
+
+
+def test_replay_needs_exactly_one_target() -> None:
+    code, out = cli("replay", "--group", "g", "--topic", "t", env={})
+    assert code == 2
+    assert "exactly one of" in out

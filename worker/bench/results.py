@@ -102,10 +102,12 @@ class Results:
     checks: list[Check] = field(default_factory=list)
     finished: str = ""
     total_seconds: float = 0.0
+    # Why the run stopped early, if it did.
+    error: str = ""
 
     @property
     def correct(self) -> bool:
-        return bool(self.checks) and all(check.ok for check in self.checks)
+        return not self.error and bool(self.checks) and all(c.ok for c in self.checks)
 
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)

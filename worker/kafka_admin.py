@@ -1,0 +1,93 @@
+"""What operator commands ask Kafka: partitions, offsets, group members, and
+moving a group's committed offsets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    client_id: str
+    host: str
+
+
+class KafkaView:
+    """Read-mostly access to topics and groups; use `KafkaView.open(settings)`."""
+
+    def __init__(self, settings: Settings, admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer):
+        self.settings = settings
+        self.admin = admin
+        self.reader = reader
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[KafkaView]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        )
+        await admin.start()
+        try:
+            await reader.start()
+            try:
+                yield cls(settings, admin, reader)
+            finally:
+                await reader.stop()
+        finally:
+            await admin.close()
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        described = await self.admin.describe_topics([topic])
+        found = sorted(p["partition"] for p in described[0]["partitions"])
+        return [TopicPartition(topic, p) for p in found]
+
+    async def beginnings(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict(await self.reader.beginning_offsets(tps))
+
+    async def ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict(await self.reader.end_offsets(tps))
+
+    async def at_time(self, tps: list[TopicPartition], ms: int) -> dict[TopicPartition, int]:
+        """The first offset at or after `ms` in each partition (the end if none)."""
+        found = await self.reader.offsets_for_times({tp: ms for tp in tps})
+        ends = await self.ends(tps)
+        return {tp: ends[tp] if found[tp] is None else found[tp].offset for tp in tps}
+
+    async def committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        offsets = await self.admin.list_consumer_group_offsets(group, partitions=tps)
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def members(self, group: str) -> list[Member]:
+        responses = await self.admin.describe_consumer_groups([group])
+        members: list[Member] = []
+        for response in responses:
+            for described in response.groups:
+                # (error, group, state, protocol type, protocol, members, ...)
+                for member in described[5]:
+                    member_id, client_id, host = member[0], member[-4], member[-3]
+                    members.append(Member(member_id, str(client_id), str(host)))
+        return members
+
+    async def commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
+        """Set the group's committed offsets (the group must have no members)."""
+        committer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+        )
+        await committer.start()
+        try:
+            committer.assign(list(offsets))
+            await committer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        finally:
+            await committer.stop()
