@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
@@ -22,8 +24,10 @@ from worker import loadgen, stack
 from worker.kafka_admin import KafkaView
 from worker.replay import Move, ReplayRefused, Target, apply, plan
 from worker.retention import Trimmed, trim
-from worker.services import Service
+from worker.services import RetentionTrimmer, Service
 from worker.settings import Settings, parse_duration
+from worker.status import Status, gather
+from worker.status_view import status_json, status_table
 from worker.storage import create_engine
 
 app = typer.Typer(help="Persist events from Kafka topics into PostgreSQL.", no_args_is_help=True)
@@ -193,6 +197,43 @@ def show_moves(group: str, topic: str, moves: list[Move], dry_run: bool) -> None
         cells = [m.partition, m.stored, m.committed, m.target, m.events]
         table.add_row(*("-" if v is None else str(v) for v in cells))
     Console().print(table)
+
+
+@app.command()
+def status(
+    group: Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Per partition: stored offset, Kafka committed offset, log end, lag and
+    last flush; the group's members; who leads the trimmer; dead letters."""
+    settings = load_settings()
+    configure_logging("WARNING")
+    name = group or settings.group_id
+
+    async def once() -> Status:
+        engine = create_engine(settings.database_url, pool_size=1)
+        try:
+            async with KafkaView.open(settings) as view:
+                return await gather(
+                    view, engine, name, list(settings.topics), RetentionTrimmer.lease_name
+                )
+        finally:
+            await engine.dispose()
+
+    if as_json:
+        typer.echo(status_json(asyncio.run(once())))
+        return
+    if not watch:
+        Console().print(status_table(asyncio.run(once())))
+        return
+    with Live(status_table(asyncio.run(once())), auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(2)
+                live.update(status_table(asyncio.run(once())), refresh=True)
+        except KeyboardInterrupt:
+            pass
 
 
 StateDir = Annotated[

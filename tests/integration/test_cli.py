@@ -148,3 +148,43 @@ def test_replay_needs_exactly_one_target() -> None:
     code, out = cli("replay", "--group", "g", "--topic", "t", env={})
     assert code == 2
     assert "exactly one of" in out
+
+
+async def test_status_numbers_match_kafka_and_the_database(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    topic = unique("status")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 3)
+    await send(stack_info, topic, messages(300, seed=51, invalid_every=50))
+    ends = await end_offsets(stack_info, topic, 3)
+    settings = settings_for(stack_info, topic, group_id=group)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
+        "DATABASE_URL": stack_info.database_url,
+        "PERSISTER_TOPICS": topic,
+        "PERSISTER_GROUP_ID": group,
+    }
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, group, topic, ends)
+        code, out = await asyncio.to_thread(cli, "status", "--json", env=env)
+        assert code == 0, out
+        live = orjson.loads(out)
+    assert len(live["members"]) == 1
+    await send(stack_info, topic, messages(30, seed=52), partition=1)
+
+    code, out = await asyncio.to_thread(cli, "status", "--json", env=env)
+    assert code == 0, out
+    status = orjson.loads(out)
+    assert status["members"] == []
+    assert status["dead_letters"] == 6
+    assert status["lag"] == 30
+    by_partition = {p["partition"]: p for p in status["partitions"]}
+    assert {p: row["stored"] for p, row in by_partition.items()} == ends
+    assert {p: row["end"] for p, row in by_partition.items()} == {
+        p: ends[p] + (30 if p == 1 else 0) for p in ends
+    }
+    assert {p: row["committed"] for p, row in by_partition.items()} == ends
+
+    code, out = await asyncio.to_thread(cli, "status", env=env)
+    assert code == 0 and "total lag 30" in out, out
