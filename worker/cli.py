@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -18,9 +19,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import upgrade
 from worker import loadgen, stack
+from worker.dead_letter_admin import dead_letters_json, list_dead_letters, send_back
 from worker.kafka_admin import KafkaView
 from worker.replay import Move, ReplayRefused, Target, apply, plan
 from worker.retention import Trimmed, trim
@@ -35,6 +38,7 @@ stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_ar
 app.add_typer(stack_app, name="stack")
 
 EXIT_BAD_SETTINGS = 2
+T = TypeVar("T")
 
 
 def load_settings() -> Settings:
@@ -234,6 +238,70 @@ def status(
                 live.update(status_table(asyncio.run(once())), refresh=True)
         except KeyboardInterrupt:
             pass
+
+
+dlq_app = typer.Typer(help="Inspect dead letters and send them back.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only this source topic.")] = None,
+    error_class: Annotated[str | None, typer.Option(help="Only this kind of error.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Dead letters, oldest first: where each came from and why it failed."""
+    settings = load_settings()
+    configure_logging("WARNING")
+    letters = asyncio.run(
+        with_engine(
+            settings,
+            lambda engine: list_dead_letters(engine, group, topic, error_class, limit=limit),
+        )
+    )
+    if as_json:
+        typer.echo(dead_letters_json(letters))
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "topic", "partition", "offset", "error class", "error", "sent to topic"):
+        table.add_column(column)
+    for d in letters:
+        sent = d.published.strftime("%Y-%m-%d %H:%M:%S") if d.published else "-"
+        cells = (d.id, d.topic, d.partition, d.offset, d.error_class, d.error[:80], sent)
+        table.add_row(*map(str, cells))
+    Console().print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[int], typer.Option("--id", help="Dead letter id (repeatable).")],
+    value_file: Annotated[
+        Path | None, typer.Option(help="Send this fixed value instead (one --id only).")
+    ] = None,
+) -> None:
+    """Send dead letters back to their topic and partition, e.g. after a fix."""
+    if value_file is not None and len(ids) != 1:
+        raise typer.BadParameter("--value-file goes with exactly one --id")
+    value = value_file.read_bytes() if value_file is not None else None
+    settings = load_settings()
+    configure_logging("WARNING")
+    letters = asyncio.run(with_engine(settings, lambda e: list_dead_letters(e, ids=ids)))
+    missing = sorted(set(ids) - {d.id for d in letters})
+    if missing:
+        typer.echo(f"error: no dead letter with id {', '.join(map(str, missing))}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    sent = asyncio.run(send_back(settings, letters, value))
+    typer.echo(f"sent {sent} dead letters back to their topics")
+
+
+async def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        return await work(engine)
+    finally:
+        await engine.dispose()
 
 
 StateDir = Annotated[

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from sqlalchemy import delete
@@ -28,7 +30,7 @@ from tests.integration.support import (
     wait_until,
 )
 from worker.consumer import Persister
-from worker.loadgen import messages
+from worker.loadgen import make_event, messages
 from worker.stack import StackInfo
 
 
@@ -188,3 +190,50 @@ async def test_status_numbers_match_kafka_and_the_database(
 
     code, out = await asyncio.to_thread(cli, "status", env=env)
     assert code == 0 and "total lag 30" in out, out
+
+
+async def test_dlq_replay_after_a_fix_persists_once(
+    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    topic = unique("dlq")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 1)
+    too_related = make_event(random.Random(61), related=3)
+    fixed = make_event(random.Random(62), related=1)
+    await send(stack_info, topic, [orjson.dumps(too_related), b"{broken json"])
+    strict = settings_for(stack_info, topic, group_id=group, max_related=2)
+    async with running(Persister(strict, engine)):
+        await wait_persisted(engine, group, topic, {0: 2})
+    assert await counts(engine) == (0, 0, 2)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
+        "DATABASE_URL": stack_info.database_url,
+    }
+    code, out = await asyncio.to_thread(cli, "dlq", "list", "--topic", topic, "--json", env=env)
+    assert code == 0, out
+    listed = orjson.loads(out)
+    assert [(d["offset"], d["error_class"]) for d in listed] == [
+        (0, "InvalidEnvelope"),
+        (1, "InvalidJson"),
+    ]
+    assert listed[1]["value"] == "{broken json"
+    ids = {d["offset"]: d["id"] for d in listed}
+
+    # The fix: the limit is raised (default settings) and the broken one rewritten.
+    fixed_file = tmp_path / "fixed.json"
+    fixed_file.write_bytes(orjson.dumps(fixed))
+    for args in (
+        ("--id", str(ids[0])),
+        ("--id", str(ids[0])),
+        ("--id", str(ids[1]), "--value-file", str(fixed_file)),
+    ):
+        code, out = await asyncio.to_thread(cli, "dlq", "replay", *args, env=env)
+        assert code == 0 and "sent 1" in out, out
+    ends = await end_offsets(stack_info, topic, 1)
+    assert ends == {0: 5}
+    async with running(Persister(settings_for(stack_info, topic, group_id=group), engine)):
+        await wait_persisted(engine, group, topic, ends)
+    assert await counts(engine) == (2, 1 + 3 + 1 + 1, 2)
+
+    code, out = await asyncio.to_thread(cli, "dlq", "replay", "--id", "999999", env=env)
+    assert code == 2 and "no dead letter with id 999999" in out, out

@@ -1,0 +1,73 @@
+"""Operators' view of dead letters: list them, and send chosen ones back to
+the topic they came from (after fixing what made them fail: a setting, the
+schema, or the message itself). Events are idempotent by id, so sending one
+back twice still stores it once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import dead_letters
+from worker.settings import Settings
+
+
+async def list_dead_letters(
+    engine: AsyncEngine,
+    group: str | None = None,
+    topic: str | None = None,
+    error_class: str | None = None,
+    ids: Sequence[int] = (),
+    limit: int = 100,
+) -> list[Row[Any]]:
+    c = dead_letters.c
+    query = select(dead_letters).order_by(c.id).limit(limit)
+    for column, value in ((c.group_id, group), (c.topic, topic), (c.error_class, error_class)):
+        if value is not None:
+            query = query.where(column == value)
+    if ids:
+        query = query.where(c.id.in_(ids))
+    async with engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+def dead_letters_json(letters: list[Row[Any]]) -> str:
+    """Dead letters as JSON; key and value shown as text (undecodable bytes
+    replaced), the value cut at 1,000 characters."""
+    rows = []
+    for letter in letters:
+        row = {str(name): value for name, value in letter._asdict().items()}
+        for name in ("key", "value"):
+            raw = row[name]
+            row[name] = None if raw is None else raw.decode(errors="replace")[:1000]
+        rows.append(row)
+    return orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode()
+
+
+async def send_back(settings: Settings, letters: list[Row[Any]], value: bytes | None) -> int:
+    """Produce each dead letter's key and value (or `value`, a fixed one) to
+    its original topic and partition; returns how many were sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                letter.topic,
+                value if value is not None else letter.value,
+                key=letter.key,
+                partition=letter.partition,
+            )
+            for letter in letters
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+    return len(futures)
