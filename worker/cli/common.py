@@ -1,0 +1,51 @@
+"""What every `persister` command shares: the app, settings, logging, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker.settings import Settings
+from worker.storage import create_engine
+
+app = typer.Typer(help="Persist events from Kafka topics into PostgreSQL.", no_args_is_help=True)
+
+# Exit codes scripts can rely on (1 is an unexpected failure).
+EXIT_BAD_SETTINGS = 2
+EXIT_REFUSED = 3
+T = TypeVar("T")
+
+
+def load_settings() -> Settings:
+    """Validated settings, or one clear line per problem and exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            where = ".".join(map(str, error["loc"])) or "settings"
+            typer.echo(f"invalid setting {where}: {error['msg']}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every coordinator hiccup at ERROR; ours say what matters.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+async def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        return await work(engine)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,198 @@
+"""Commands operators use on a running deployment: replay, status, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker.cli.common import (
+    EXIT_BAD_SETTINGS,
+    EXIT_REFUSED,
+    app,
+    configure_logging,
+    load_settings,
+    with_engine,
+)
+from worker.dead_letter_admin import dead_letters_json, list_dead_letters, send_back
+from worker.kafka_admin import KafkaView
+from worker.replay import Move, ReplayRefused, Target, apply, plan
+from worker.services import RetentionTrimmer
+from worker.settings import parse_duration
+from worker.status import Status, gather
+from worker.status_view import status_json, status_table
+
+
+def replay_target(
+    to_earliest: bool, to_offset: int | None, to_timestamp: str | None, by_duration: str | None
+) -> Target:
+    """Exactly one of the four options, checked and parsed."""
+    given = [to_earliest, to_offset is not None, to_timestamp is not None, by_duration is not None]
+    if sum(given) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --to-earliest, --to-offset, --to-timestamp, --by-duration"
+        )
+    if to_timestamp is not None:
+        try:
+            when = datetime.fromisoformat(to_timestamp)
+        except ValueError:
+            raise typer.BadParameter(f"--to-timestamp {to_timestamp!r} is not ISO 8601") from None
+        return Target(timestamp=when if when.tzinfo else when.replace(tzinfo=UTC))
+    if by_duration is not None:
+        try:
+            return Target(timestamp=datetime.now(UTC) - parse_duration(by_duration))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return Target(earliest=to_earliest, offset=to_offset)
+
+
+@app.command()
+def replay(
+    group: Annotated[str, typer.Option(help="The consumer group.")],
+    topic: Annotated[str, typer.Option(help="The topic to replay.")],
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+    to_earliest: Annotated[bool, typer.Option("--to-earliest", help="From the start.")] = False,
+    to_offset: Annotated[int | None, typer.Option(help="From this offset.")] = None,
+    to_timestamp: Annotated[
+        str | None, typer.Option(help="From this time (ISO 8601; no zone: UTC).")
+    ] = None,
+    by_duration: Annotated[str | None, typer.Option(help="From this long ago (2h, 1d).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Even with live members.")] = False,
+) -> None:
+    """Move a group's positions (in the database and in Kafka) to re-read a topic.
+
+    Exit codes: 0 moved (or shown with --dry-run), 2 bad arguments, 3 refused
+    because the group has live members (stop the workers, or --force)."""
+    target = replay_target(to_earliest, to_offset, to_timestamp, by_duration)
+    settings = load_settings()
+    configure_logging("WARNING")
+
+    async def go(engine: AsyncEngine) -> list[Move]:
+        async with KafkaView.open(settings) as view:
+            moves = await plan(view, engine, group, topic, partition, target)
+            if not dry_run:
+                await apply(view, engine, group, topic, moves, force)
+            return moves
+
+    try:
+        moves = asyncio.run(with_engine(settings, go))
+    except ReplayRefused as exc:
+        typer.echo(f"refused: {exc}; stop the workers first, or pass --force", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    show_moves(group, topic, moves, dry_run)
+
+
+def show_moves(group: str, topic: str, moves: list[Move], dry_run: bool) -> None:
+    title = f"{'would move' if dry_run else 'moved'} group {group!r} on {topic!r}"
+    table = Table(title=title)
+    for column in ("partition", "stored (before)", "Kafka committed (before)", "after", "re-read"):
+        table.add_column(column, justify="right")
+    for m in moves:
+        cells = [m.partition, m.stored, m.committed, m.target, m.events]
+        table.add_row(*("-" if v is None else str(v) for v in cells))
+    Console().print(table)
+
+
+@app.command()
+def status(
+    group: Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Where the group stands: offsets, lag, members, trimmer leader, dead letters.
+
+    Per partition: the stored offset (where workers resume), Kafka's committed
+    offset, the log end, the lag and the last flush."""
+    settings = load_settings()
+    configure_logging("WARNING")
+    name = group or settings.group_id
+
+    async def gather_with(engine: AsyncEngine) -> Status:
+        async with KafkaView.open(settings) as view:
+            topics = list(settings.topics)
+            return await gather(view, engine, name, topics, RetentionTrimmer.lease_name)
+
+    def once() -> Status:
+        return asyncio.run(with_engine(settings, gather_with))
+
+    if as_json:
+        typer.echo(status_json(once()))
+        return
+    if not watch:
+        Console().print(status_table(once()))
+        return
+    with Live(status_table(once()), auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(2)
+                live.update(status_table(once()), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+dlq_app = typer.Typer(help="Inspect dead letters and send them back.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only this source topic.")] = None,
+    error_class: Annotated[str | None, typer.Option(help="Only this kind of error.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Dead letters, oldest first: where each came from and why it failed."""
+    settings = load_settings()
+    configure_logging("WARNING")
+    letters = asyncio.run(
+        with_engine(
+            settings,
+            lambda engine: list_dead_letters(engine, group, topic, error_class, limit=limit),
+        )
+    )
+    if as_json:
+        typer.echo(dead_letters_json(letters))
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "topic", "partition", "offset", "error class", "error", "sent to topic"):
+        table.add_column(column)
+    for d in letters:
+        sent = d.published.strftime("%Y-%m-%d %H:%M:%S") if d.published else "-"
+        cells = (d.id, d.topic, d.partition, d.offset, d.error_class, d.error[:80], sent)
+        table.add_row(*map(str, cells))
+    Console().print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[int], typer.Option("--id", help="Dead letter id (repeatable).")],
+    value_file: Annotated[
+        Path | None, typer.Option(help="Send this fixed value instead (one --id only).")
+    ] = None,
+) -> None:
+    """Send dead letters back to their topic and partition, e.g. after a fix."""
+    if value_file is not None and len(ids) != 1:
+        raise typer.BadParameter("--value-file goes with exactly one --id")
+    value = value_file.read_bytes() if value_file is not None else None
+    settings = load_settings()
+    configure_logging("WARNING")
+    letters = asyncio.run(with_engine(settings, lambda e: list_dead_letters(e, ids=ids)))
+    missing = sorted(set(ids) - {d.id for d in letters})
+    if missing:
+        typer.echo(f"error: no dead letter with id {', '.join(map(str, missing))}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    sent = asyncio.run(send_back(settings, letters, value))
+    typer.echo(f"sent {sent} dead letters back to their topics")

@@ -1,0 +1,137 @@
+"""Commands that run things: the services, migrations, trimming, the local
+stack and the load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+
+from schemas.migrate import upgrade
+from worker import loadgen, stack
+from worker.cli.common import (
+    EXIT_BAD_SETTINGS,
+    app,
+    configure_logging,
+    load_settings,
+    with_engine,
+)
+from worker.retention import trim
+from worker.services import Service
+from worker.settings import Settings
+
+stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+async def _run_until_signalled(settings: Settings) -> None:
+    task = asyncio.create_task(Service.run_services(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopped by signal")
+
+
+@app.command()
+def run() -> None:
+    """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    logging.getLogger(__name__).info(
+        "starting %s against %s",
+        ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
+        settings.redacted_database_url(),
+    )
+    asyncio.run(_run_until_signalled(settings))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database tables (Alembic migrations)."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    upgrade(settings.database_url)
+    typer.echo(f"migrated {settings.redacted_database_url()}")
+
+
+@app.command("trim")
+def trim_command(
+    once: Annotated[bool, typer.Option("--once", help="Trim now, once (required).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete events older than the retention period, now.
+
+    The elected trimmer does this every PERSISTER_TRIM_EVERY; this is for
+    operators."""
+    if not once:
+        typer.echo(
+            "trim runs once per call: pass --once (the service trims periodically)", err=True
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+
+    trimmed = asyncio.run(
+        with_engine(settings, lambda engine: trim(engine, settings, None, dry_run=dry_run))
+    )
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {trimmed.events} events and {trimmed.resources} resource rows")
+
+
+StateDir = Annotated[
+    Path | None, typer.Option(help="Where the stack keeps its data and pid files.")
+]
+
+
+@stack_app.command("up")
+def stack_up(state_dir: StateDir = None) -> None:
+    """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
+    info = stack.stack_up(state_dir or stack.default_state_dir(), os.environ.get("DATABASE_URL"))
+    typer.echo(info.exports(), nl=False)
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = None) -> None:
+    """Stop the local stack and delete its data."""
+    if not stack.stack_down(state_dir or stack.default_state_dir()):
+        typer.echo("no local stack was running")
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(min=1, help="How many messages.")] = 10_000,
+    topic: Annotated[
+        str | None, typer.Option(help="Default: the first of PERSISTER_TOPICS.")
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic is new.")] = 4,
+    invalid_every: Annotated[
+        int, typer.Option(min=0, help="Make every Nth message a bad one (0: none).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
+) -> None:
+    """Send realistic events (and optionally bad messages) to a topic."""
+    settings = load_settings()
+    name = topic or settings.topics[0]
+
+    async def go() -> int:
+        await loadgen.ensure_topic(settings.kafka_bootstrap_servers, name, partitions)
+        with Progress(transient=False) as progress:
+            bar = progress.add_task(f"producing to {name}", total=count)
+            return await loadgen.produce(
+                settings.kafka_bootstrap_servers,
+                name,
+                loadgen.messages(count, seed=seed, invalid_every=invalid_every),
+                on_sent=lambda n: progress.advance(bar, n),
+            )
+
+    sent = asyncio.run(go())
+    typer.echo(f"sent {sent} messages to {name}")
