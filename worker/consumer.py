@@ -9,6 +9,7 @@ assigned partition resumes from).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -20,6 +21,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.deadletter import DeadLetterPublisher
 from worker.settings import Settings
@@ -54,6 +56,8 @@ class Owned:
     dead_letters_unsent: bool = True
     failures: int = 0
     retry_at: float = 0.0
+    # Monotonic time of the first of the current run of failed writes.
+    failing_since: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -203,6 +207,17 @@ class Persister:
                 (paused if stop else fetching).append(ktp)
         self.consumer.pause(*paused)
         self.consumer.resume(*fetching)
+        self._report(len(paused))
+
+    def _report(self, n_paused: int) -> None:
+        """Gauges and readiness, refreshed once per loop."""
+        metrics.paused_partitions.set(n_paused)
+        failing = [o.failing_since for o in self.owned.values() if o.failing_since is not None]
+        metrics.readiness.stuck_since = min(failing, default=None)
+        for tp, state in self.owned.items():
+            end = self.consumer.highwater(TopicPartition(*tp))
+            if end is not None and state.stored is not None:
+                metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -267,6 +282,7 @@ class Persister:
                 await self._commit_kafka(tp, next_offset)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
+        started = time.monotonic()
         try:
             written = await self.writer.write(tp, state.stored, batch)
         except FenceError as exc:
@@ -277,9 +293,19 @@ class Persister:
             return False
         except (SQLAlchemyError, OSError) as exc:
             self.stats.write_failures += 1
+            metrics.write_failures.inc()
             self._failed(tp, "writing a batch", exc)
             return False
+        metrics.observe_batch(
+            len(batch),
+            written.events,
+            written.resources,
+            written.rejected,
+            time.monotonic() - started,
+            min((r.timestamp for r in batch if r.timestamp is not None), default=None),
+        )
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
+        state.failing_since = None
         state.dead_letters_unsent |= written.dead_letters > 0
         self.stats.batches += 1
         self.stats.events += written.events
@@ -294,6 +320,8 @@ class Persister:
         if state is None:
             return
         state.failures += 1
+        if state.failing_since is None:
+            state.failing_since = time.monotonic()
         delay_s = backoff_s(state.failures)
         state.retry_at = time.monotonic() + delay_s
         logger.warning(
@@ -324,6 +352,8 @@ class Persister:
 
     def on_assigned(self, partitions: list[TP]) -> None:
         self.stats.rebalances += 1
+        metrics.rebalances.inc()
+        metrics.readiness.joined = True
         for tp in partitions:
             self.owned[tp] = Owned()
             self.accumulator.reset(tp, None)
@@ -353,6 +383,8 @@ class Persister:
         for tp in mine:
             del self.owned[tp]
             self.accumulator.forget(tp)
+            with contextlib.suppress(KeyError):
+                metrics.lag.remove(tp[0], str(tp[1]))
         if mine:
             logger.info("revoked %s", _names(mine))
 

@@ -24,7 +24,9 @@ from typing import ClassVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from worker import metrics
 from worker.consumer import Persister
+from worker.http import router, serve
 from worker.leader import Lease, acquire, release
 from worker.retention import Trimmed, trim
 from worker.settings import ENV_PREFIX, ServiceToggle, Settings
@@ -162,6 +164,7 @@ class RetentionTrimmer(Service):
             elif lease is None and self.lease is not None:
                 logger.info("no longer leading retention trimming")
             self.lease = lease
+            metrics.leader.set(1 if lease else 0)
             if await self.pause(ttl.total_seconds() / 3):
                 return
 
@@ -179,11 +182,32 @@ class RetentionTrimmer(Service):
                 except (SQLAlchemyError, OSError) as exc:
                     logger.warning("trim failed: %r; next try in %.0f s", exc, wait_s)
                 else:
+                    took_s = time.monotonic() - started
+                    metrics.observe_trim(self.last_trim.events, self.last_trim.resources, took_s)
                     logger.info(
                         "trimmed %d events and %d resource rows in %.1f s",
                         self.last_trim.events,
                         self.last_trim.resources,
-                        time.monotonic() - started,
+                        took_s,
                     )
             if await self.pause(wait_s):
                 return
+
+
+class MetricsServer(Service):
+    """Serves /metrics, /healthz and /readyz (see worker.http)."""
+
+    name = "metrics_server"
+
+    async def start(self) -> None:
+        s = self.settings
+        engine = create_engine(s.database_url, pool_size=1)
+        expect_persister = EventPersister.enabled(s)
+        try:
+            server = await serve(s.metrics_host, s.metrics_port, router(engine, expect_persister))
+            logger.info("serving metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+            async with server:
+                self.started_event.set()
+                await self._stopping.wait()
+        finally:
+            await engine.dispose()

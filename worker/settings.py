@@ -60,6 +60,7 @@ class ServicesSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     event_persister: ServiceToggle = ServiceToggle()
     retention_trimmer: ServiceToggle = ServiceToggle()
+    metrics_server: ServiceToggle = ServiceToggle(enabled=False)  # TEMP-OFF
 
 
 class Limits(BaseModel):
@@ -124,6 +125,9 @@ class Settings(BaseSettings):
     trim_every: Duration = timedelta(minutes=15)
     trim_batch_size: int = Field(10_000, ge=1, le=1_000_000)
     lease_ttl: Duration = timedelta(seconds=15)
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9400, ge=0, le=65535)
 
     shutdown_grace_s: float = Field(30.0, gt=0)
     rebalance_flush_timeout_s: float = Field(10.0, gt=0)

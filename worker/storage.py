@@ -42,6 +42,8 @@ class Written:
     dead_letters: int
     # Savepoints tried to isolate rows the database rejected (0 normally).
     isolation_attempts: int = 0
+    # The error class of each message of the batch that was dead-lettered.
+    rejected: tuple[str, ...] = ()
 
 
 def _json(value: Any) -> str:
@@ -251,6 +253,8 @@ async def write_batch(
         else:
             rejected = []
             n_events, n_resources = await insert_rows(conn, rows.events, rows)
-        n_dead = await insert_dead_letters(conn, group_id, [*rows.rejections, *rejected])
+        letters = [*rows.rejections, *rejected]
+        n_dead = await insert_dead_letters(conn, group_id, letters)
     attempts = isolation.attempts if isolate else 0
-    return Written(n_events, n_resources, n_dead, attempts)
+    classes = tuple(r.error_class for r in letters)
+    return Written(n_events, n_resources, n_dead, attempts, classes)

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import pytest
 
-from worker.services import EventPersister, RetentionTrimmer, Service
+from worker.services import EventPersister, MetricsServer, RetentionTrimmer, Service
 from worker.settings import Settings
 
 TIMEOUT_S = 5.0
@@ -113,7 +113,7 @@ def test_variable_name_follows_the_service_name() -> None:
 
 
 def test_all_services_lists_only_the_concrete_direct_subclasses() -> None:
-    assert Service.all_services() == [EventPersister, RetentionTrimmer]
+    assert Service.all_services() == [EventPersister, RetentionTrimmer, MetricsServer]
     assert _TestRoot.all_services() == [_Idle, _Crashes]
 
 

@@ -1,0 +1,115 @@
+"""Prometheus metrics of this process, and the state `/readyz` judges.
+
+The services update these; the metrics server (`worker.http`) only reads
+them. One registry per process: replicas are told apart by Prometheus's
+instance label.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry()
+
+events_persisted = Counter(
+    "persister_events_persisted", "Events newly written to the database", registry=registry
+)
+resource_rows = Counter(
+    "persister_resource_rows", "Resource rows written to the database", registry=registry
+)
+batches = Counter("persister_batches", "Batches committed", registry=registry)
+batch_size = Histogram(
+    "persister_batch_size_events",
+    "Records per committed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+    registry=registry,
+)
+flush_seconds = Histogram(
+    "persister_flush_seconds",
+    "Time to write one batch (the database transaction)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=registry,
+)
+end_to_end_seconds = Histogram(
+    "persister_end_to_end_seconds",
+    "Kafka record timestamp to committed in the database, per batch's oldest record",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=registry,
+)
+dead_letters = Counter(
+    "persister_dead_letters",
+    "Messages dead-lettered, by error class",
+    ["error_class"],
+    registry=registry,
+)
+write_failures = Counter(
+    "persister_write_failures", "Batch writes that failed and will be retried", registry=registry
+)
+rebalances = Counter("persister_rebalances", "Partition assignments received", registry=registry)
+lag = Gauge(
+    "persister_lag_records",
+    "Log end offset minus the stored offset, per assigned partition",
+    ["topic", "partition"],
+    registry=registry,
+)
+paused_partitions = Gauge(
+    "persister_paused_partitions", "Assigned partitions not being fetched", registry=registry
+)
+trimmed_rows = Counter(
+    "persister_trimmed_rows", "Rows deleted by retention, by table", ["table"], registry=registry
+)
+trim_seconds = Gauge("persister_trim_seconds", "Duration of the last trim", registry=registry)
+trim_last_success = Gauge(
+    "persister_trim_last_success_timestamp_seconds",
+    "When the last trim finished",
+    registry=registry,
+)
+leader = Gauge(
+    "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
+)
+
+
+def observe_batch(
+    n_records: int,
+    n_events: int,
+    n_resources: int,
+    rejected: tuple[str, ...],
+    flush_s: float,
+    oldest_timestamp_ms: int | None,
+) -> None:
+    batches.inc()
+    batch_size.observe(n_records)
+    flush_seconds.observe(flush_s)
+    events_persisted.inc(n_events)
+    resource_rows.inc(n_resources)
+    for error_class in rejected:
+        dead_letters.labels(error_class).inc()
+    if oldest_timestamp_ms is not None and oldest_timestamp_ms > 0:
+        end_to_end_seconds.observe(max(0.0, time.time() - oldest_timestamp_ms / 1000))
+
+
+def observe_trim(events: int, resources: int, took_s: float) -> None:
+    trimmed_rows.labels("events").inc(events)
+    trimmed_rows.labels("event_resources").inc(resources)
+    trim_seconds.set(took_s)
+    trim_last_success.set(time.time())
+
+
+@dataclass
+class Readiness:
+    """What the persister reports for `/readyz`."""
+
+    joined: bool = False
+    # Monotonic time since which some partition holds records it has not
+    # been able to write; None while every buffer drains normally.
+    stuck_since: float | None = None
+    partitions: set[tuple[str, int]] = field(default_factory=set)
+
+    def stuck_for(self) -> float:
+        return 0.0 if self.stuck_since is None else time.monotonic() - self.stuck_since
+
+
+readiness = Readiness()
