@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,54 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.deadletter import DeadLetterPublisher
+from worker.partitions import TP, Owned, Stats, backoff_s, names
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
 from worker.writer import BatchWriter
 
 logger = logging.getLogger(__name__)
 
-TP = tuple[str, int]
-RETRY_BASE_S = 0.2
-RETRY_CAP_S = 30.0
 LEAVE_TIMEOUT_S = 5.0
-
-
-def backoff_s(failures: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    return random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** min(failures, 16)))
-
-
-@dataclass
-class Owned:
-    """A partition this worker is assigned."""
-
-    # The offset the database holds for it: the fence for the next write.
-    stored: int | None = None
-    # False until the stored offset is loaded and the consumer seeked to it.
-    ready: bool = False
-    # False until dead letters a previous owner left unsent were checked
-    # against the dead-letter topic (see worker.deadletter).
-    dead_letters_checked: bool = False
-    # Dead letters written but not yet sent to the dead-letter topic.
-    dead_letters_unsent: bool = True
-    failures: int = 0
-    retry_at: float = 0.0
-    # Monotonic time of the first of the current run of failed writes.
-    failing_since: float | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass
-class Stats:
-    events: int = 0
-    resources: int = 0
-    dead_letters: int = 0
-    batches: int = 0
-    fence_failures: int = 0
-    write_failures: int = 0
-    isolation_attempts: int = 0
-    rebalances: int = 0
-    rebalance_pause_s: float = 0.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -365,7 +323,7 @@ class Persister:
         logger.info(
             "rebalance %d: assigned %s (consumption paused %.1f s)",
             self.stats.rebalances,
-            _names(partitions),
+            names(partitions),
             paused_s,
         )
 
@@ -386,7 +344,7 @@ class Persister:
             with contextlib.suppress(KeyError):
                 metrics.lag.remove(tp[0], str(tp[1]))
         if mine:
-            logger.info("revoked %s", _names(mine))
+            logger.info("revoked %s", names(mine))
 
     async def _drain(self) -> None:
         try:
@@ -396,7 +354,3 @@ class Persister:
             )
         except TimeoutError:
             logger.warning("shutdown: flush did not finish in time; the next owner re-reads")
-
-
-def _names(partitions: Iterable[TP]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(partitions)) or "nothing"
