@@ -10,7 +10,7 @@ write leaves the buffer exactly as it was.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,12 +117,13 @@ class Accumulator:
     def due(self, now: float) -> list[tuple[str, int]]:
         return [tp for tp in self._buffers if self.is_due(tp, now)]
 
-    def next_due_in(self, now: float) -> float | None:
-        """Seconds until the oldest buffered record makes its partition due."""
+    def next_due_in(self, now: float, exclude: Container[tuple[str, int]] = ()) -> float | None:
+        """Seconds until the oldest buffered record makes its partition due
+        (partitions in `exclude`, e.g. being flushed already, left out)."""
         waits = [
             max(0.0, b.since + self.triggers.flush_every_s - now)
-            for b in self._buffers.values()
-            if b.records and b.since is not None
+            for tp, b in self._buffers.items()
+            if b.records and b.since is not None and tp not in exclude
         ]
         return min(waits, default=None)
 

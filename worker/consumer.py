@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from worker.writer import BatchWriter
 logger = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT_S = 5.0
+KAFKA_COMMIT_EVERY_S = 1.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -52,6 +54,11 @@ class Persister:
         self.dead_letters = DeadLetterPublisher(settings, engine)
         self._over_bound = False
         self._revoked_at: float | None = None
+        self._inflight: dict[TP, asyncio.Task[None]] = {}
+        self._crashed: BaseException | None = None
+        # Offsets written to the database but not yet committed to Kafka.
+        self._uncommitted: dict[TP, int] = {}
+        self._committed_at = 0.0
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
@@ -86,13 +93,37 @@ class Persister:
         await self._warn_missing_topics()
         try:
             while not stopping.is_set():
+                if self._crashed is not None:
+                    raise self._crashed
                 await self._prepare_assigned()
                 await self._poll()
-                await self._flush(self.accumulator.due(time.monotonic()))
+                self._start_due_flushes()
                 self._apply_pauses()
+                await self._commit_kafka()
         finally:
             await self._drain()
+            await self._commit_kafka(force=True)
             await self._leave()
+
+    def _start_due_flushes(self) -> None:
+        """Start a flush task for each due partition that has none running,
+        so fetching goes on while batches are written. A partition's task
+        writes its batches one after the other while it stays due."""
+        now = time.monotonic()
+        for tp in self.accumulator.due(now):
+            state = self.owned.get(tp)
+            if tp in self._inflight or state is None or not state.ready or state.retry_at > now:
+                continue
+            task = asyncio.create_task(self._flush_partition(tp, force=False))
+            self._inflight[tp] = task
+            task.add_done_callback(functools.partial(self._flush_done, tp))
+
+    def _flush_done(self, tp: TP, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(tp) is task:
+            del self._inflight[tp]
+        if not task.cancelled() and task.exception() is not None:
+            # Expected failures are handled inside; this is a bug: stop loudly.
+            self._crashed = task.exception()
 
     async def _warn_missing_topics(self) -> None:
         if self.settings.topic_pattern:
@@ -117,7 +148,7 @@ class Persister:
 
     async def _poll(self) -> None:
         now = time.monotonic()
-        wait_s = self.accumulator.next_due_in(now)
+        wait_s = self.accumulator.next_due_in(now, exclude=self._inflight)
         wait_s = self.settings.flush_every_s if wait_s is None else min(wait_s, 1.0)
         try:
             fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
@@ -236,8 +267,8 @@ class Persister:
                 if not await self._write(tp, state, batch, next_offset):
                     return
                 self.accumulator.consume(tp, len(batch))
+                self._uncommitted[tp] = next_offset
                 await self._publish_dead_letters(tp, state)
-                await self._commit_kafka(tp, next_offset)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
         started = time.monotonic()
@@ -300,13 +331,20 @@ class Persister:
             state.dead_letters_checked = True
             state.dead_letters_unsent = False
 
-    async def _commit_kafka(self, tp: TP, next_offset: int) -> None:
-        # For tooling only (lag, consumer-group listings): a failure here loses
-        # nothing, the database holds the offset.
+    async def _commit_kafka(self, force: bool = False) -> None:
+        """Commit the offsets written since the last call to Kafka, all in one
+        request, at most every KAFKA_COMMIT_EVERY_S. For tooling only (lag,
+        group listings): a failure loses nothing, the database holds them."""
+        now = time.monotonic()
+        if not self._uncommitted or (not force and now - self._committed_at < KAFKA_COMMIT_EVERY_S):
+            return
+        offsets = {TopicPartition(*tp): o for tp, o in self._uncommitted.items()}
+        self._uncommitted.clear()
+        self._committed_at = now
         try:
-            await self.consumer.commit({TopicPartition(*tp): next_offset})
+            await self.consumer.commit(offsets)
         except KafkaError as exc:
-            logger.info("%s[%d]: Kafka offset commit skipped: %r", *tp, exc)
+            logger.info("Kafka offset commit skipped: %r", exc)
 
     def on_assigned(self, partitions: list[TP]) -> None:
         self.stats.rebalances += 1
@@ -338,7 +376,10 @@ class Persister:
             )
         except TimeoutError:
             logger.warning("revoke: flush did not finish in time; the next owner re-reads")
+        await self._commit_kafka(force=True)
         for tp in mine:
+            if (task := self._inflight.get(tp)) is not None:
+                task.cancel()
             del self.owned[tp]
             self.accumulator.forget(tp)
             with contextlib.suppress(KeyError):
@@ -348,9 +389,8 @@ class Persister:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(
-                self._flush(self.accumulator.partitions(), force=True),
-                self.settings.shutdown_grace_s,
-            )
+            async with asyncio.timeout(self.settings.shutdown_grace_s):
+                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+                await self._flush(self.accumulator.partitions(), force=True)
         except TimeoutError:
             logger.warning("shutdown: flush did not finish in time; the next owner re-reads")

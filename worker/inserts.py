@@ -1,10 +1,12 @@
 """Idempotent row inserts, one way per dialect.
 
-PostgreSQL: one statement per table that takes each column as an array and
-`unnest`s them (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`): one round
-trip and one prepared statement whatever the batch size, and no limit on bind
-parameters. JSON columns arrive as JSON text (see `worker.decoding`), so
-nothing is serialised twice.
+PostgreSQL: ONE statement for both tables. Each column arrives as an array
+and is `unnest`ed (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`); the
+events insert returns the ids that were new, and a second data-modifying CTE
+inserts the resource rows of those ids only. One round trip and one prepared
+statement whatever the batch size, and no limit on bind parameters. JSON
+columns arrive as JSON text (see `worker.decoding`), so nothing is serialised
+twice.
 
 Other dialects (SQLite): SQLAlchemy's executemany, with the JSON columns bound
 as text for the same reason.
@@ -43,8 +45,27 @@ def _unnest_insert(table: Table, returning: str | None) -> str:
     return f"{sql} RETURNING {returning}" if returning else sql
 
 
-EVENTS_SQL = _unnest_insert(events, returning="id")
-RESOURCES_SQL = _unnest_insert(event_resources, returning=None)
+def _both_tables_insert() -> str:
+    """Events, then the resource rows of the events that were new; returns
+    (new events, resource rows written)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = _columns(event_resources)
+    first = len(_columns(events)) + 1
+    arrays = ", ".join(
+        f"${i}::{event_resources.c[name].type.compile(dialect=dialect)}[]"
+        for i, name in enumerate(names, start=first)
+    )
+    # Table and column names come from the schema, values are parameters.
+    return (
+        f"WITH new AS ({_unnest_insert(events, returning='id')}), "  # noqa: S608
+        f"res AS (INSERT INTO event_resources ({', '.join(names)}) "
+        f"SELECT * FROM unnest({arrays}) AS r({', '.join(names)}) "
+        "WHERE r.event_id IN (SELECT id FROM new) ON CONFLICT DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM res)"
+    )
+
+
+EVENTS_AND_RESOURCES_SQL = _both_tables_insert()
 EVENT_COLUMNS = _columns(events)
 RESOURCE_COLUMNS = _columns(event_resources)
 
@@ -53,23 +74,27 @@ def _as_arrays(rows: list[dict[str, Any]], names: list[str]) -> tuple[list[Any],
     return tuple([row[name] for row in rows] for name in names)
 
 
-async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Any]:
-    """Insert events, skipping ids already stored; returns the new ids."""
+async def insert_events_and_resources(
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
+) -> tuple[int, int]:
+    """Insert events, skipping ids already stored, and the resource rows of
+    the new ones only; returns (new events, resource rows written)."""
+    if not event_rows:
+        return 0, 0
     if conn.dialect.name == "postgresql":
-        result = await conn.exec_driver_sql(EVENTS_SQL, _as_arrays(rows, EVENT_COLUMNS))
-    else:
-        stmt = _generic_insert(events).returning(events.c.id)
-        result = await conn.execute(stmt, rows)
-    return list(result.scalars().all())
-
-
-async def insert_resources(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(RESOURCES_SQL, _as_arrays(rows, RESOURCE_COLUMNS))
-    else:
-        await conn.execute(_generic_insert(event_resources), rows)
+        arrays = _as_arrays(event_rows, EVENT_COLUMNS) + _as_arrays(resources, RESOURCE_COLUMNS)
+        result = await conn.exec_driver_sql(EVENTS_AND_RESOURCES_SQL, arrays)
+        n_events, n_resources = tuple(result.one())
+        return int(n_events), int(n_resources)
+    new_ids = set(
+        (await conn.execute(_generic_insert(events).returning(events.c.id), event_rows))
+        .scalars()
+        .all()
+    )
+    fresh = [r for r in resources if r["event_id"] in new_ids]
+    if fresh:
+        await conn.execute(_generic_insert(event_resources), fresh)
+    return len(new_ids), len(fresh)
 
 
 def _generic_insert(table: Table) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from schemas.tables import consumer_offsets, dead_letters
 from worker.decoding import Rejection, Rows, received_at
 from worker.errors import ErrorKind, classify, describe
-from worker.inserts import insert_events, insert_resources
+from worker.inserts import insert_events_and_resources
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,8 @@ async def insert_rows(
     conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows
 ) -> tuple[int, int]:
     """Insert events idempotently, and resource rows for the new ones only."""
-    if not event_rows:
-        return 0, 0
-    new_ids = await insert_events(conn, event_rows)
-    resources = [r for event_id in new_ids for r in rows.resources[event_id]]
-    await insert_resources(conn, resources)
-    return len(new_ids), len(resources)
+    resources = [r for row in event_rows for r in rows.resources[row["id"]]]
+    return await insert_events_and_resources(conn, event_rows, resources)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from schemas.tables import event_resources, events
 from tests.integration.support import count, settings_for, wait_until
 from tests.records import msgs
 from worker.decoding import to_rows
-from worker.inserts import insert_events, insert_resources
+from worker.inserts import insert_events_and_resources
 from worker.leader import acquire, current, holds, release
 from worker.loadgen import make_event
 from worker.retention import trim
@@ -34,13 +34,13 @@ async def store(engine: AsyncEngine, age: timedelta, n: int, name: str | None = 
     for e in batch:
         e["event"] = name or e["event"]
     rows = to_rows(msgs([orjson.dumps(e) for e in batch]), Limits(), 10**6)
-    resources = [r for rs in rows.resources.values() for r in rs]
+    written = 0
     async with engine.begin() as conn:
         for start in range(0, n, 5_000):
-            await insert_events(conn, rows.events[start : start + 5_000])
-        for start in range(0, len(resources), 5_000):
-            await insert_resources(conn, resources[start : start + 5_000])
-    return len(resources)
+            chunk = rows.events[start : start + 5_000]
+            resources = [r for e in chunk for r in rows.resources[e["id"]]]
+            written += (await insert_events_and_resources(conn, chunk, resources))[1]
+    return written
 
 
 @contextmanager
