@@ -43,6 +43,11 @@ integration-test: install ## Tests against a real Kafka broker and PostgreSQL se
 test: lint ## Everything: lint, unit and integration tests
 	$(BIN)/pytest
 
+.PHONY: bench
+bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
+
 .PHONY: demo
 demo: install ## Run it end to end on a local stack
 	$(BIN)/python -m worker.demo

@@ -1,0 +1,59 @@
+"""`python -m worker.bench` on a small topic: every phase runs, at a size scaled
+to the run, and the worker's correctness checks pass."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from worker.bench.results import CONSUME_CEILING, NAIVE, WORKER_1, WORKER_2, WRITE_CEILING
+
+EVENTS = 2_000
+
+
+def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.bench", "--events", str(EVENTS), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+
+    assert result["events"] == EVENTS
+    assert result["correct"] is True
+    assert result["checks"] and all(check["ok"] for check in result["checks"]), result["checks"]
+    assert result["machine"]["nproc"] >= 1
+    assert result["machine"]["kafka_version"]
+    assert result["load"]["events_per_s"] > 0
+
+    measured = {m["name"]: m for m in result["measurements"]}
+    assert set(measured) == {CONSUME_CEILING, WRITE_CEILING, NAIVE, WORKER_1, WORKER_2}
+    for name, measurement in measured.items():
+        assert measurement["events_per_s"] > 0, name
+    # Small enough that the naive baseline finishes within its time budget.
+    assert measured[NAIVE]["events"] == EVENTS
+    for name, replicas in ((WORKER_1, 1), (WORKER_2, 2)):
+        assert measured[name]["events"] == EVENTS
+        assert len(measured[name]["peak_rss_mib_per_replica"]) == replicas
+        assert all(rss > 0 for rss in measured[name]["peak_rss_mib_per_replica"])
+        assert measured[name]["cpu_s_per_10k_events"] > 0
+
+    assert all(ratio > 0 for ratio in result["ratios"].values()), result["ratios"]
+    latencies = result["latency"]
+    assert len(latencies) == 3
+    assert all(lat["rows"] > 0 and 0 < lat["p50_ms"] <= lat["p99_ms"] for lat in latencies)
+    costs = result["index_costs"]
+    assert costs[0]["config"] == "all indexes"
+    assert costs[-1]["config"] == "primary keys only"
+    assert len(costs) == 7  # all, each of the 5 secondary indexes dropped, primary keys only
+    assert all(cost["events_per_s"] > 0 for cost in costs)
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "bench.png").stat().st_size > 0
