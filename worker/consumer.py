@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.deadletter import DeadLetterPublisher
-from worker.partitions import TP, Owned, Stats, backoff_s, names
+from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
 from worker.writer import BatchWriter
@@ -63,7 +63,11 @@ class Persister:
         self.accumulator = Accumulator(
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
         )
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = self._new_consumer()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        settings = self.settings
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.group_id,
             group_instance_id=settings.group_instance_id,
@@ -77,24 +81,48 @@ class Persister:
             metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
             max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
         )
+        if settings.topic_pattern:
+            consumer.subscribe(pattern=settings.topic_pattern, listener=_Listener(self))
+        else:
+            consumer.subscribe(topics=list(settings.topics), listener=_Listener(self))
+        return consumer
+
+    async def _connect(self, stopping: asyncio.Event) -> bool:
+        """Start consuming, waiting out an unreachable broker or a topic that
+        does not exist yet (aiokafka gives up on those after its request
+        timeout). False if stopped before it succeeded."""
+        failures = 0
+        while not stopping.is_set():
+            try:
+                await self.consumer.start()
+                await self.dead_letters.start()
+                return True
+            except KafkaError as exc:
+                failures += 1
+                delay_s = min(RETRY_CAP_S, 2.0**failures)
+                logger.warning("cannot consume yet: %r; retrying in %.0f s", exc, delay_s)
+                with contextlib.suppress(KafkaError):
+                    await self.consumer.stop()
+                    await self.dead_letters.stop()
+                self.consumer = self._new_consumer()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay_s)
+        return False
 
     async def run(self, stopping: asyncio.Event, started: asyncio.Event | None = None) -> None:
         """Consume until `stopping` is set, then flush what is buffered and leave."""
         s = self.settings
-        if s.topic_pattern:
-            self.consumer.subscribe(pattern=s.topic_pattern, listener=_Listener(self))
-        else:
-            self.consumer.subscribe(topics=list(s.topics), listener=_Listener(self))
-        await self.consumer.start()
-        await self.dead_letters.start()
+        if not await self._connect(stopping):
+            return
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
         await self._warn_missing_topics()
         try:
             while not stopping.is_set():
-                if self._crashed is not None:
-                    raise self._crashed
+                for crashed in (self._crashed, self.dead_letters.crashed):
+                    if crashed is not None:
+                        raise crashed
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()
@@ -166,11 +194,9 @@ class Persister:
         self._apply_pauses()
 
     def _apply_pauses(self) -> None:
-        """The one place deciding which partitions are fetched. Paused: those
-        not positioned yet, those waiting to retry a write, those holding two
-        batches already, and, while the buffers of all partitions together
-        are over `max_buffered_bytes` (until they drop below half of it),
-        every partition holding anything."""
+        """The one place deciding which partitions are fetched (see
+        `Owned.should_pause`); all buffers together are over the bound from
+        `max_buffered_bytes` until they drop below half of it."""
         total = self.accumulator.buffered_bytes
         bound = self.settings.max_buffered_bytes
         if not self._over_bound and total >= bound:
@@ -185,12 +211,7 @@ class Persister:
         fetching: list[TopicPartition] = []
         for tp, state in self.owned.items():
             held = self.accumulator.buffered(tp)
-            stop = (
-                not state.ready
-                or state.retry_at > now
-                or held >= two_batches
-                or (self._over_bound and held > 0)
-            )
+            stop = state.should_pause(held, two_batches, self._over_bound, now)
             ktp = TopicPartition(*tp)
             if ktp in assigned:  # it may be mid-rebalance
                 (paused if stop else fetching).append(ktp)
@@ -233,7 +254,7 @@ class Persister:
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
-            await self._publish_dead_letters(tp, state)
+            self.dead_letters.request(tp)
             logger.info("%s[%d]: resuming at stored offset %s", tp[0], tp[1], offset)
 
     async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
@@ -268,7 +289,6 @@ class Persister:
                     return
                 self.accumulator.consume(tp, len(batch))
                 self._uncommitted[tp] = next_offset
-                await self._publish_dead_letters(tp, state)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
         started = time.monotonic()
@@ -295,7 +315,8 @@ class Persister:
         )
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
-        state.dead_letters_unsent |= written.dead_letters > 0
+        if written.dead_letters:
+            self.dead_letters.request(tp)
         self.stats.batches += 1
         self.stats.events += written.events
         self.stats.resources += written.resources
@@ -322,14 +343,6 @@ class Persister:
             type(exc).__name__,
             str(exc).splitlines()[0],
         )
-
-    async def _publish_dead_letters(self, tp: TP, state: Owned) -> None:
-        if not state.dead_letters_unsent:
-            return
-        recovering = not state.dead_letters_checked
-        if await self.dead_letters.publish_pending(tp, recovering):
-            state.dead_letters_checked = True
-            state.dead_letters_unsent = False
 
     async def _commit_kafka(self, force: bool = False) -> None:
         """Commit the offsets written since the last call to Kafka, all in one
@@ -377,6 +390,8 @@ class Persister:
         except TimeoutError:
             logger.warning("revoke: flush did not finish in time; the next owner re-reads")
         await self._commit_kafka(force=True)
+        timeout_s = self.settings.rebalance_flush_timeout_s
+        await asyncio.gather(*(self.dead_letters.release(tp, timeout_s) for tp in mine))
         for tp in mine:
             if (task := self._inflight.get(tp)) is not None:
                 task.cancel()

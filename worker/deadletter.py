@@ -14,19 +14,22 @@ with headers saying where it came from and why it was rejected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
+from worker.kafka_admin import create_topic
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ HEADER_PREFIX = "dlq."
 # is committed before it is sent, so the record is never older than the row
 # by more than clock skew between database and broker.
 SCAN_MARGIN = timedelta(minutes=5)
+SEND_TIMEOUT_S = 10.0
+RETRY_S = 5.0
 
 
 def dead_letter_topic(template: str, source_topic: str) -> str | None:
@@ -72,12 +77,58 @@ def origin(record_headers: Sequence[tuple[str, bytes]]) -> tuple[str, str, int, 
 
 
 class DeadLetterPublisher:
+    """Sends dead letters in the background, one sender task per source
+    partition, so neither fetching nor writing ever waits on the topic."""
+
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
         self.published = 0
+        # An unexpected error in a sender, for the main loop to raise.
+        self.crashed: BaseException | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        self._senders: dict[TP, asyncio.Task[None]] = {}
+        self._wanted: set[TP] = set()
+        # Partitions whose leftovers from a previous owner were checked.
+        self._checked: set[TP] = set()
+
+    def request(self, tp: TP) -> None:
+        """Send `tp`'s unsent dead letters soon (also what a previous owner
+        left, the first time)."""
+        if self._producer is None:
+            return
+        self._wanted.add(tp)
+        if tp not in self._senders:
+            task = asyncio.create_task(self._send_while_wanted(tp))
+            self._senders[tp] = task
+            task.add_done_callback(functools.partial(self._sender_done, tp))
+
+    async def release(self, tp: TP, timeout_s: float) -> None:
+        """The partition is being revoked: let its sender finish (so the next
+        owner does not send the same records), or stop it at the deadline."""
+        self._wanted.discard(tp)
+        self._checked.discard(tp)
+        task = self._senders.get(tp)
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            task.cancel()
+
+    async def _send_while_wanted(self, tp: TP) -> None:
+        while tp in self._wanted:
+            self._wanted.discard(tp)
+            if await self.publish_pending(tp, recovering=tp not in self._checked):
+                self._checked.add(tp)
+            else:
+                self._wanted.add(tp)
+                await asyncio.sleep(RETRY_S)
+
+    def _sender_done(self, tp: TP, task: asyncio.Task[None]) -> None:
+        if self._senders.get(tp) is task:
+            del self._senders[tp]
+        if not task.cancelled() and task.exception() is not None:
+            self.crashed = task.exception()
 
     @property
     def enabled(self) -> bool:
@@ -90,10 +141,16 @@ class DeadLetterPublisher:
                 client_id=f"{self.settings.client_id}-dlq",
                 acks="all",
                 enable_idempotence=True,
+                # Fail a send within seconds when the topic is missing, and
+                # retry it later, rather than waiting the default 40 s.
+                request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
             )
             await self._producer.start()
 
     async def stop(self) -> None:
+        for task in list(self._senders.values()):
+            task.cancel()
+        await asyncio.gather(*self._senders.values(), return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
 
@@ -159,18 +216,11 @@ class DeadLetterPublisher:
 
     async def _ensure_topic(self, topic: str) -> int:
         """The topic's partition count, creating it (one partition) if missing."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        await admin.start()
-        try:
-            try:
-                await admin.create_topics([NewTopic(topic, 1, 1)])
-                logger.info("created dead-letter topic %s", topic)
-            except TopicAlreadyExistsError:
-                pass
-            described = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        return max(1, len(described[0]["partitions"]))
+        assert self._producer is not None
+        if await create_topic(self.settings.kafka_bootstrap_servers, topic, partitions=1):
+            logger.info("created dead-letter topic %s", topic)
+        # Waits until the producer's metadata knows the topic.
+        return len(await self._producer.partitions_for(topic))
 
     async def _on_topic(self, topic: str, partition: int, rows: list[Row[Any]]) -> set[int]:
         """Offsets of `rows` whose dead-letter record is on the topic already."""

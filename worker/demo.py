@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.migrate import upgrade
 from schemas.tables import consumer_offsets, dead_letters, event_resources, events
 from worker import loadgen
+from worker.kafka_admin import create_topic
 from worker.stack import LocalStack, StackInfo
 from worker.storage import create_engine
 
@@ -45,6 +46,9 @@ def start_workers(info: StackInfo, log_dir: Path) -> list[subprocess.Popen[bytes
         "DATABASE_URL": info.database_url,
         "PERSISTER_TOPICS": TOPIC,
         "PERSISTER_GROUP_ID": GROUP,
+        # Both replicas run on this host: each takes a free metrics port.
+        "PERSISTER_METRICS_HOST": "127.0.0.1",
+        "PERSISTER_METRICS_PORT": "0",
     }
     workers = []
     for i in range(WORKERS):
@@ -84,7 +88,7 @@ async def table_counts(engine: AsyncEngine) -> dict[str, int]:
 
 
 async def produce_and_wait(info: StackInfo) -> None:
-    await loadgen.ensure_topic(info.kafka_bootstrap_servers, TOPIC, PARTITIONS)
+    await create_topic(info.kafka_bootstrap_servers, TOPIC, PARTITIONS)
     started = time.monotonic()
     with Progress(console=console) as progress:
         bar = progress.add_task("producing", total=EVENTS)

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
 from worker.settings import Settings
@@ -91,3 +92,22 @@ class KafkaView:
             await committer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
         finally:
             await committer.stop()
+
+
+async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
+    """Create `topic` unless it exists (True if this call created it), with
+    replication min(3, brokers). aiokafka returns per-topic errors in the
+    response rather than raising them, so they are checked here."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        response = await admin.create_topics([NewTopic(topic, partitions, min(3, brokers))])
+    finally:
+        await admin.close()
+    for _name, code, *_message in response.topic_errors:
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        if code != 0:
+            raise for_code(code)(f"creating topic {topic}")
+    return True

@@ -11,8 +11,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 # One of each kind of bad input the persister must dead-letter.
 INVALID_MESSAGES: tuple[bytes | None, ...] = (
@@ -69,17 +67,6 @@ def messages(
             yield INVALID_MESSAGES[(i // invalid_every) % len(INVALID_MESSAGES)]
         else:
             yield encode(make_event(rng, related))
-
-
-async def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
 
 
 async def produce(

@@ -25,16 +25,22 @@ class Owned:
     stored: int | None = None
     # False until the stored offset is loaded and the consumer seeked to it.
     ready: bool = False
-    # False until dead letters a previous owner left unsent were checked
-    # against the dead-letter topic (see worker.deadletter).
-    dead_letters_checked: bool = False
-    # Dead letters written but not yet sent to the dead-letter topic.
-    dead_letters_unsent: bool = True
     failures: int = 0
     retry_at: float = 0.0
     # Monotonic time of the first of the current run of failed writes.
     failing_since: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def should_pause(self, held: int, two_batches: int, over_bound: bool, now: float) -> bool:
+        """Stop fetching while not positioned yet, while waiting to retry a
+        write, while holding two batches already, and while all buffers
+        together are over their bound and this one holds anything."""
+        return (
+            not self.ready
+            or self.retry_at > now
+            or held >= two_batches
+            or (over_bound and held > 0)
+        )
 
 
 @dataclass

@@ -205,7 +205,8 @@ class MetricsServer(Service):
         expect_persister = EventPersister.enabled(s)
         try:
             server = await serve(s.metrics_host, s.metrics_port, router(engine, expect_persister))
-            logger.info("serving metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+            self.port = int(server.sockets[0].getsockname()[1])
+            logger.info("serving metrics on http://%s:%d/metrics", s.metrics_host, self.port)
             async with server:
                 self.started_event.set()
                 await self._stopping.wait()

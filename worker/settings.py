@@ -60,7 +60,7 @@ class ServicesSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     event_persister: ServiceToggle = ServiceToggle()
     retention_trimmer: ServiceToggle = ServiceToggle()
-    metrics_server: ServiceToggle = ServiceToggle(enabled=False)  # TEMP-OFF
+    metrics_server: ServiceToggle = ServiceToggle()
 
 
 class Limits(BaseModel):

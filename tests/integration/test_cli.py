@@ -37,7 +37,12 @@ from worker.stack import StackInfo
 def persister(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "worker", *args],
-        env={**os.environ, **env},
+        env={
+            **os.environ,
+            "PERSISTER_METRICS_HOST": "127.0.0.1",
+            "PERSISTER_METRICS_PORT": "0",
+            **env,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.services import EventPersister, RetentionTrimmer, Service
+from worker.services import EventPersister, MetricsServer, RetentionTrimmer, Service
 from worker.settings import Limits, ServicesSettings, ServiceToggle, Settings
 
 PLAIN_NAMES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
@@ -363,14 +363,14 @@ def test_the_event_persister_can_be_switched_off(
     s = load(secrets)
     assert s.services.event_persister.enabled is False
     assert EventPersister.enabled(s) is False
-    assert Service.enabled_services(s) == [RetentionTrimmer]
+    assert Service.enabled_services(s) == [RetentionTrimmer, MetricsServer]
 
 
 def test_each_service_can_be_switched_off_alone(
     monkeypatch: pytest.MonkeyPatch, secrets: Path
 ) -> None:
     monkeypatch.setenv(RetentionTrimmer.environment_variable_name(), "false")
-    assert Service.enabled_services(load(secrets)) == [EventPersister]
+    assert Service.enabled_services(load(secrets)) == [EventPersister, MetricsServer]
 
 
 def test_the_service_variable_name_is_the_one_settings_read(
@@ -383,4 +383,4 @@ def test_the_service_variable_name_is_the_one_settings_read(
 def test_the_event_persister_is_on_by_default(secrets: Path) -> None:
     s = load(secrets)
     assert EventPersister.enabled(s) is True
-    assert Service.enabled_services(s) == [EventPersister, RetentionTrimmer]
+    assert Service.enabled_services(s) == [EventPersister, RetentionTrimmer, MetricsServer]

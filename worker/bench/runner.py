@@ -26,7 +26,7 @@ from worker.bench.latency import LatencyProbe
 from worker.bench.report import print_report, write_chart, write_json
 from worker.bench.results import WORKER_1, WORKER_2, Check, Results
 from worker.bench.workers import run_backlog
-from worker.loadgen import ensure_topic
+from worker.kafka_admin import create_topic
 from worker.stack import LocalStack, StackInfo, kafka_version
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def prepare(info: StackInfo, size: int, log_dir: Path, results: Results) -
     dataset = make_dataset(size)
     servers = info.kafka_bootstrap_servers
     for topic in (TOPIC, LATENCY_TOPIC):
-        await ensure_topic(servers, topic, PARTITIONS)
+        await create_topic(servers, topic, PARTITIONS)
     log.info("loading %d events (%d bytes) into %s", size, dataset.nbytes, TOPIC)
     started = time.monotonic()
     await topics.load(servers, TOPIC, PARTITIONS, dataset.values)

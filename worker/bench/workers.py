@@ -62,6 +62,9 @@ def worker_env(info: StackInfo, topics: list[str], group_id: str) -> dict[str, s
         DATABASE_URL=info.database_url,
         PERSISTER_TOPICS=",".join(topics),
         PERSISTER_GROUP_ID=group_id,
+        # Replicas share the host: each takes a free port for its metrics.
+        PERSISTER_METRICS_HOST="127.0.0.1",
+        PERSISTER_METRICS_PORT="0",
     )
     return env
 

@@ -22,6 +22,7 @@ from worker.cli.common import (
     load_settings,
     with_engine,
 )
+from worker.kafka_admin import create_topic
 from worker.retention import trim
 from worker.services import Service
 from worker.settings import Settings
@@ -123,7 +124,7 @@ def produce(
     name = topic or settings.topics[0]
 
     async def go() -> int:
-        await loadgen.ensure_topic(settings.kafka_bootstrap_servers, name, partitions)
+        await create_topic(settings.kafka_bootstrap_servers, name, partitions)
         with Progress(transient=False) as progress:
             bar = progress.add_task(f"producing to {name}", total=count)
             return await loadgen.produce(
