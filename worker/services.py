@@ -137,7 +137,12 @@ class RetentionTrimmer(Service):
         self.last_trim: Trimmed | None = None
 
     async def start(self) -> None:
-        engine = create_engine(self.settings.database_url, pool_size=2)
+        # A leader paused mid-batch past half its lease has that batch rolled
+        # back by the server: by the time another replica leads, it is gone.
+        ttl_s = self.settings.lease_ttl.total_seconds()
+        engine = create_engine(
+            self.settings.database_url, pool_size=2, idle_in_transaction_s=ttl_s / 2
+        )
         try:
             self.started_event.set()
             async with asyncio.TaskGroup() as tasks:

@@ -53,7 +53,12 @@ def _json(value: Any) -> str:
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
-def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
+def create_engine(
+    database_url: str, pool_size: int, idle_in_transaction_s: float | None = None
+) -> AsyncEngine:
+    """An engine for the worker. `idle_in_transaction_s` (PostgreSQL) has the
+    server abort a transaction whose client went quiet that long, e.g. a
+    process paused mid-transaction: it can then never commit late."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(
             database_url,
@@ -63,6 +68,10 @@ def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_wal)
         return engine
+    server_settings = {}
+    if idle_in_transaction_s is not None:
+        timeout_ms = str(int(idle_in_transaction_s * 1000))
+        server_settings["idle_in_transaction_session_timeout"] = timeout_ms
     return create_async_engine(
         database_url,
         pool_size=pool_size,
@@ -70,6 +79,7 @@ def create_engine(database_url: str, pool_size: int) -> AsyncEngine:
         pool_pre_ping=True,
         json_serializer=_json,
         json_deserializer=orjson.loads,
+        connect_args={"server_settings": server_settings},
     )
 
 
