@@ -1,0 +1,87 @@
+"""Trimming a million expired events while the persister ingests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import event_resources, events
+from tests.integration.support import (
+    count,
+    create_topic,
+    end_offsets,
+    running,
+    send,
+    settings_for,
+    unique,
+    wait_persisted,
+)
+from worker.consumer import Persister
+from worker.loadgen import messages
+from worker.retention import trim
+from worker.settings import Settings
+from worker.stack import StackInfo
+
+EXPIRED = 1_000_000
+KEPT_OLD = 1_000
+BACKLOG = 50_000
+
+# Written by the database itself: a million rows in seconds, not minutes.
+OLD_ROWS = """
+INSERT INTO events (id, occurred, event, resource_id, resource, related_resource_ids,
+                    related, payload, received)
+SELECT gen_random_uuid(), now() - make_interval(days => :days) - i * interval '1 ms',
+       'old.event', 'r' || (i % 1000), '{"prefect.resource.id": "r"}', '[]', '[]',
+       '{"n": 1}', now() - make_interval(days => :days)
+FROM generate_series(1, :n) AS i
+"""
+OLD_RESOURCES = """
+INSERT INTO event_resources (event_id, resource_role, resource_id, occurred, resource)
+SELECT id, '', resource_id, occurred, resource FROM events WHERE event = 'old.event'
+"""
+
+
+async def ingest_time(
+    stack_info: StackInfo, engine: AsyncEngine, settings: Settings, topic: str, seed: int
+) -> float:
+    """Send BACKLOG events, then run a persister until they are stored."""
+    await send(stack_info, topic, messages(BACKLOG, seed=seed))
+    ends = await end_offsets(stack_info, topic, 4)
+    started = time.monotonic()
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, settings.group_id, topic, ends, timeout_s=120)
+    return time.monotonic() - started
+
+
+async def test_trim_a_million_while_ingesting(stack_info: StackInfo, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(OLD_ROWS), {"days": 10, "n": EXPIRED})
+        await conn.execute(text(OLD_ROWS), {"days": 6, "n": KEPT_OLD})
+        await conn.execute(text(OLD_RESOURCES))
+        await conn.execute(text("ANALYZE events"))
+        await conn.execute(text("ANALYZE event_resources"))
+    topic = unique("trim-load")
+    await create_topic(stack_info, topic, 4)
+    settings = settings_for(stack_info, topic, retention="7d", trim_batch_size=10_000)
+
+    alone_s = await ingest_time(stack_info, engine, settings, topic, seed=91)
+    trimming = asyncio.create_task(trim(engine, settings, lease=None))
+    beside_s = await ingest_time(stack_info, engine, settings, topic, seed=92)
+    assert not trimming.done(), "the trim ended before the ingest: nothing was measured"
+    trimmed = await trimming
+
+    print(
+        f"\ningest of {BACKLOG} events: {BACKLOG / alone_s:.0f} events/s alone, "
+        f"{BACKLOG / beside_s:.0f} while trimming {EXPIRED} (ratio {alone_s / beside_s:.2f})"
+    )
+    assert (trimmed.events, trimmed.resources) == (EXPIRED, EXPIRED)
+    assert alone_s / beside_s > 0.25
+    # Nothing newer than the cutoff was touched: the 6-day-old rows and every
+    # fresh event are there.
+    assert await count(engine, events) == KEPT_OLD + 2 * BACKLOG
+    async with engine.connect() as conn:
+        kept = select(func.count()).where(event_resources.c.resource_id.like("r%"))
+        assert (await conn.execute(kept)).scalar_one() == KEPT_OLD
