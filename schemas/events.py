@@ -26,12 +26,14 @@ def _limit(info: ValidationInfo, name: str, default: Any) -> Any:
     return getattr(info.context, name, default)
 
 
-def _check_labels(labels: dict[str, str], info: ValidationInfo, what: str) -> None:
-    max_labels = _limit(info, "max_labels", DEFAULT_MAX_LABELS)
-    if len(labels) > max_labels:
-        raise ValueError(f"{what} has {len(labels)} labels, more than {max_labels}")
-    if not labels.get(RESOURCE_ID):
-        raise ValueError(f"{what} needs a non-empty {RESOURCE_ID!r} label")
+def _check_labels(labels: dict[str, str], max_labels: int, what: str | int) -> None:
+    """`what`: "resource", or the index of a related resource (its name is
+    only built for an error message: this runs for every label set)."""
+    if len(labels) > max_labels or not labels.get(RESOURCE_ID):
+        name = what if isinstance(what, str) else f"related[{what}]"
+        if len(labels) > max_labels:
+            raise ValueError(f"{name} has {len(labels)} labels, more than {max_labels}")
+        raise ValueError(f"{name} needs a non-empty {RESOURCE_ID!r} label")
 
 
 class Event(BaseModel):
@@ -57,18 +59,19 @@ class Event(BaseModel):
     def _to_utc(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            if _limit(info, "naive_timestamps", "utc") == "reject":
-                raise ValueError("timestamp has no time zone")
-            value = value.replace(tzinfo=UTC)
         # A plain datetime in datetime.UTC: drivers write it fastest and it
         # compares equal everywhere (pydantic hands back its own tzinfo class).
-        return value.astimezone(UTC)
+        offset = value.utcoffset()
+        if offset is None:
+            if _limit(info, "naive_timestamps", "utc") == "reject":
+                raise ValueError("timestamp has no time zone")
+            return value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=UTC) if not offset else value.astimezone(UTC)
 
     @field_validator("resource")
     @classmethod
     def _resource(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        _check_labels(value, info, "resource")
+        _check_labels(value, _limit(info, "max_labels", DEFAULT_MAX_LABELS), "resource")
         return value
 
     @field_validator("related")
@@ -77,8 +80,9 @@ class Event(BaseModel):
         max_related = _limit(info, "max_related", DEFAULT_MAX_RELATED)
         if len(value) > max_related:
             raise ValueError(f"{len(value)} related resources, more than {max_related}")
+        max_labels = _limit(info, "max_labels", DEFAULT_MAX_LABELS)
         for i, labels in enumerate(value):
-            _check_labels(labels, info, f"related[{i}]")
+            _check_labels(labels, max_labels, i)
             if not labels.get(RESOURCE_ROLE):
                 raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
         return value

@@ -4,6 +4,7 @@ stack and the load generator."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from worker.kafka_admin import create_topic
 from worker.retention import trim
 from worker.services import Service
 from worker.settings import Settings
+
+GC_THRESHOLDS = (50_000, 20, 100)
 
 stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -52,6 +55,11 @@ def run() -> None:
         ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
         settings.redacted_database_url(),
     )
+    # Batches make many short-lived objects: the default collector thresholds
+    # would traverse the long-lived ones (modules, buffers) over and over.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(_run_until_signalled(settings))
 
 
