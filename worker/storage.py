@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Table, and_, delete, event, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Table,
+    and_,
+    delete,
+    event,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -209,24 +221,40 @@ async def insert_dead_letters(
     return len((await conn.execute(stmt, values)).scalars().all())
 
 
+def batch_delete_statement(
+    dialect: str,
+    model: Table,
+    condition: ColumnElement[bool],
+    batch_size: int,
+    order_by: ColumnElement[Any] | None = None,
+) -> Delete:
+    """One batch of `batch_delete`: rows chosen through a LIMIT subquery by
+    physical row id (PostgreSQL's ctid, SQLite's rowid), so the delete itself
+    is a TID scan rather than a join over the table; with `order_by` (an
+    indexed column such as `occurred`) the subquery is an index range scan
+    from the oldest row."""
+    row_id: ColumnElement[Any] = literal_column("ctid" if dialect == "postgresql" else "rowid")
+    chosen = select(row_id).select_from(model).where(condition).limit(batch_size)
+    if order_by is not None:
+        chosen = chosen.order_by(order_by)
+    return delete(model).where(row_id.in_(chosen))
+
+
 async def batch_delete(
     session: AsyncSession,
     model: Table,
     condition: ColumnElement[bool],
     batch_size: int = 10_000,
+    order_by: ColumnElement[Any] | None = None,
 ) -> int:
     """Delete the rows of `model` matching `condition`, at most `batch_size` at
-    a time, one transaction each, until none is left; returns how many.
-
-    Each batch picks its rows by primary key through a LIMIT subquery, so no
-    statement holds locks on, or runs as long as, the whole range would.
-    """
-    key = list(model.primary_key.columns)
+    a time, one transaction each, until none is left; returns how many. No
+    statement holds locks on, or runs as long as, the whole range would."""
+    dialect = session.get_bind().dialect.name
+    stmt = batch_delete_statement(dialect, model, condition, batch_size, order_by)
     total = 0
     while True:
-        chosen = select(*key).where(condition).limit(batch_size)
-        target = key[0].in_(chosen) if len(key) == 1 else tuple_(*key).in_(chosen)
-        result = await session.execute(delete(model).where(target))
+        result = await session.execute(stmt)
         await session.commit()
         deleted = int(result.rowcount)  # type: ignore[attr-defined]
         total += deleted

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Delete, TextClause, func, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import event_resources, events
@@ -21,9 +23,10 @@ from tests.integration.support import (
 )
 from worker.consumer import Persister
 from worker.loadgen import messages
-from worker.retention import trim
+from worker.retention import conditions, rules, trim
 from worker.settings import Settings
 from worker.stack import StackInfo
+from worker.storage import batch_delete_statement
 
 EXPIRED = 1_000_000
 KEPT_OLD = 1_000
@@ -56,6 +59,23 @@ async def ingest_time(
     return time.monotonic() - started
 
 
+async def assert_batches_are_range_scans(engine: AsyncEngine) -> None:
+    """Each trim batch reads an index range on `occurred` and deletes by TID."""
+    cutoff = rules(datetime.now(UTC), timedelta(days=7), {})[-1]
+    for table, condition in zip((event_resources, events), conditions(cutoff), strict=True):
+        stmt = batch_delete_statement("postgresql", table, condition, 10_000, table.c.occurred)
+        async with engine.connect() as conn:
+            plan = "\n".join((await conn.execute(explain(stmt))).scalars())
+        assert f"Index Scan using ix_{table.name}__occurred" in plan, plan
+        assert "Tid Scan" in plan, plan
+
+
+def explain(stmt: Delete) -> TextClause:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    return text(f"EXPLAIN {compiled}")
+
+
 async def test_trim_a_million_while_ingesting(stack_info: StackInfo, engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(OLD_ROWS), {"days": 10, "n": EXPIRED})
@@ -63,6 +83,7 @@ async def test_trim_a_million_while_ingesting(stack_info: StackInfo, engine: Asy
         await conn.execute(text(OLD_RESOURCES))
         await conn.execute(text("ANALYZE events"))
         await conn.execute(text("ANALYZE event_resources"))
+    await assert_batches_are_range_scans(engine)
     topic = unique("trim-load")
     await create_topic(stack_info, topic, 4)
     settings = settings_for(stack_info, topic, retention="7d", trim_batch_size=10_000)
