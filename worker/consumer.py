@@ -68,7 +68,7 @@ class Persister:
     def _new_consumer(self) -> AIOKafkaConsumer:
         settings = self.settings
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **settings.kafka_options(),
             group_id=settings.group_id,
             group_instance_id=settings.group_instance_id,
             client_id=settings.client_id,

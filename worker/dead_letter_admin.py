@@ -52,9 +52,7 @@ def dead_letters_json(letters: list[Row[Any]]) -> str:
 async def send_back(settings: Settings, letters: list[Row[Any]], value: bytes | None) -> int:
     """Produce each dead letter's key and value (or `value`, a fixed one) to
     its original topic and partition; returns how many were sent."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**settings.kafka_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         futures = [

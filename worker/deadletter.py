@@ -137,7 +137,7 @@ class DeadLetterPublisher:
     async def start(self) -> None:
         if self.enabled:
             self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **self.settings.kafka_options(),
                 client_id=f"{self.settings.client_id}-dlq",
                 acks="all",
                 enable_idempotence=True,
@@ -217,7 +217,7 @@ class DeadLetterPublisher:
     async def _ensure_topic(self, topic: str) -> int:
         """The topic's partition count, creating it (one partition) if missing."""
         assert self._producer is not None
-        if await create_topic(self.settings.kafka_bootstrap_servers, topic, partitions=1):
+        if await create_topic(self.settings.kafka_options(), topic, partitions=1):
             logger.info("created dead-letter topic %s", topic)
         # Waits until the producer's metadata knows the topic.
         return len(await self._producer.partitions_for(topic))
@@ -228,9 +228,7 @@ class DeadLetterPublisher:
         group = self.settings.group_id
         wanted = {(group, row.topic, row.partition, row.offset) for row in rows}
         ktp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(**self.settings.kafka_options(), enable_auto_commit=False)
         await consumer.start()
         found: set[int] = set()
         try:

@@ -88,12 +88,13 @@ async def table_counts(engine: AsyncEngine) -> dict[str, int]:
 
 
 async def produce_and_wait(info: StackInfo) -> None:
-    await create_topic(info.kafka_bootstrap_servers, TOPIC, PARTITIONS)
+    kafka = {"bootstrap_servers": info.kafka_bootstrap_servers}
+    await create_topic(kafka, TOPIC, PARTITIONS)
     started = time.monotonic()
     with Progress(console=console) as progress:
         bar = progress.add_task("producing", total=EVENTS)
         await loadgen.produce(
-            info.kafka_bootstrap_servers,
+            kafka,
             TOPIC,
             loadgen.messages(EVENTS, seed=42, invalid_every=INVALID_EVERY),
             on_sent=lambda n: progress.advance(bar, n),

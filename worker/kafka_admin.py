@@ -3,9 +3,10 @@ moving a group's committed offsets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -33,10 +34,8 @@ class KafkaView:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[KafkaView]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-        )
+        admin = AIOKafkaAdminClient(**settings.kafka_options())
+        reader = AIOKafkaConsumer(**settings.kafka_options(), enable_auto_commit=False)
         await admin.start()
         try:
             await reader.start()
@@ -82,7 +81,7 @@ class KafkaView:
     async def commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Set the group's committed offsets (the group must have no members)."""
         committer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_options(),
             group_id=group,
             enable_auto_commit=False,
         )
@@ -94,11 +93,11 @@ class KafkaView:
             await committer.stop()
 
 
-async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
+async def create_topic(options: Mapping[str, Any], topic: str, partitions: int) -> bool:
     """Create `topic` unless it exists (True if this call created it), with
     replication min(3, brokers). aiokafka returns per-topic errors in the
     response rather than raising them, so they are checked here."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,15 +70,13 @@ def messages(
 
 
 async def produce(
-    bootstrap_servers: str,
+    kafka_options: Mapping[str, Any],
     topic: str,
     values: Iterator[bytes | None],
     on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send every value (round-robin over partitions); returns how many."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, linger_ms=5, max_batch_size=256 * 1024, acks="all"
-    )
+    producer = AIOKafkaProducer(**kafka_options, linger_ms=5, max_batch_size=256 * 1024, acks="all")
     await producer.start()
     sent = 0
     try:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from aiokafka.helpers import create_ssl_context
 from pydantic import (
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -100,6 +103,17 @@ class Settings(BaseSettings):
     max_poll_interval_s: float = Field(300.0, gt=0)
     metadata_max_age_s: float = Field(30.0, gt=0)
 
+    # Kafka security, passed through to aiokafka. SASL_* needs a mechanism,
+    # a user name and a password; SSL and SASL_SSL take the files below
+    # (none: the system's trusted CAs).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = None
+    kafka_ssl_certfile: FilePath | None = None
+    kafka_ssl_keyfile: FilePath | None = None
+
     database_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/events",
         validation_alias=AliasChoices("PERSISTER_DATABASE_URL", "DATABASE_URL"),
@@ -132,6 +146,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, gt=0)
     rebalance_flush_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     services: ServicesSettings = ServicesSettings()
 
@@ -164,6 +179,13 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not self.topics and not self.topic_pattern:
             raise ValueError("set PERSISTER_TOPICS or PERSISTER_TOPIC_PATTERN")
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs "
+                "kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password"
+            )
         if self.max_batch_bytes > self.max_buffered_bytes:
             raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
         if self.max_message_bytes > self.max_batch_bytes:
@@ -187,6 +209,25 @@ class Settings(BaseSettings):
             max_labels=self.max_labels,
             naive_timestamps=self.naive_timestamps,
         )
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection keyword arguments for every aiokafka client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked at start-up
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile,
+                certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile,
+            )
+        return options
 
     def redacted_database_url(self) -> str:
         return make_url(self.database_url).render_as_string(hide_password=True)

@@ -73,7 +73,7 @@ async def prepare(info: StackInfo, size: int, log_dir: Path, results: Results) -
     dataset = make_dataset(size)
     servers = info.kafka_bootstrap_servers
     for topic in (TOPIC, LATENCY_TOPIC):
-        await create_topic(servers, topic, PARTITIONS)
+        await create_topic({"bootstrap_servers": servers}, topic, PARTITIONS)
     log.info("loading %d events (%d bytes) into %s", size, dataset.nbytes, TOPIC)
     started = time.monotonic()
     await topics.load(servers, TOPIC, PARTITIONS, dataset.values)

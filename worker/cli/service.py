@@ -49,7 +49,7 @@ async def _run_until_signalled(settings: Settings) -> None:
 def run() -> None:
     """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger(__name__).info(
         "starting %s against %s",
         ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
@@ -67,7 +67,7 @@ def run() -> None:
 def migrate() -> None:
     """Create or upgrade the database tables (Alembic migrations)."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.database_url)
     typer.echo(f"migrated {settings.redacted_database_url()}")
 
@@ -87,7 +87,7 @@ def trim_command(
         )
         raise typer.Exit(EXIT_BAD_SETTINGS)
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     trimmed = asyncio.run(
         with_engine(settings, lambda engine: trim(engine, settings, None, dry_run=dry_run))
@@ -132,11 +132,11 @@ def produce(
     name = topic or settings.topics[0]
 
     async def go() -> int:
-        await create_topic(settings.kafka_bootstrap_servers, name, partitions)
+        await create_topic(settings.kafka_options(), name, partitions)
         with Progress(transient=False) as progress:
             bar = progress.add_task(f"producing to {name}", total=count)
             return await loadgen.produce(
-                settings.kafka_bootstrap_servers,
+                settings.kafka_options(),
                 name,
                 loadgen.messages(count, seed=seed, invalid_every=invalid_every),
                 on_sent=lambda n: progress.advance(bar, n),
