@@ -29,6 +29,7 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
+from tests.integration.workers import worker_env
 from worker.consumer import Persister
 from worker.loadgen import make_event, messages
 from worker.stack import StackInfo
@@ -67,13 +68,7 @@ async def test_run_persists_then_sigterm_exits_0(
     await create_topic(stack_info, topic, 3)
     await send(stack_info, topic, messages(900, seed=11, invalid_every=100))
     ends = await end_offsets(stack_info, topic, 3)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
-        "DATABASE_URL": stack_info.database_url,
-        "PERSISTER_TOPICS": topic,
-        "PERSISTER_GROUP_ID": group,
-        "PERSISTER_SHUTDOWN_GRACE_S": "10",
-    }
+    env = worker_env(stack_info, topic, group)
     proc = persister("run", env=env)
     try:
 
@@ -166,12 +161,7 @@ async def test_status_numbers_match_kafka_and_the_database(
     await send(stack_info, topic, messages(300, seed=51, invalid_every=50))
     ends = await end_offsets(stack_info, topic, 3)
     settings = settings_for(stack_info, topic, group_id=group)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
-        "DATABASE_URL": stack_info.database_url,
-        "PERSISTER_TOPICS": topic,
-        "PERSISTER_GROUP_ID": group,
-    }
+    env = worker_env(stack_info, topic, group)
     async with running(Persister(settings, engine)):
         await wait_persisted(engine, group, topic, ends)
         code, out = await asyncio.to_thread(cli, "status", "--json", env=env)

@@ -24,6 +24,7 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
+from tests.integration.workers import worker_env
 from worker.loadgen import messages
 from worker.stack import LocalStack, StackInfo
 
@@ -70,16 +71,7 @@ async def test_metrics_match_the_database_and_readyz_follows_it(
     await create_topic(stack_info, topic, 2)
     await send(stack_info, topic, messages(1_000, seed=71, invalid_every=100))
     ends = await end_offsets(stack_info, topic, 2)
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
-        "DATABASE_URL": stack_info.database_url,
-        "PERSISTER_TOPICS": topic,
-        "PERSISTER_GROUP_ID": group,
-        "PERSISTER_SERVICES__METRICS_SERVER__ENABLED": "true",
-        "PERSISTER_METRICS_HOST": "127.0.0.1",
-        "PERSISTER_METRICS_PORT": str(port),
-    }
+    env = {**os.environ, **worker_env(stack_info, topic, group, metrics_port=str(port))}
     proc = start_worker(env)
     try:
         await wait_persisted(engine, group, topic, ends)
