@@ -104,9 +104,10 @@ class Persister:
                 with contextlib.suppress(KafkaError):
                     await self.consumer.stop()
                     await self.dead_letters.stop()
-                self.consumer = self._new_consumer()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), delay_s)
+                if not stopping.is_set():
+                    self.consumer = self._new_consumer()
         return False
 
     async def run(self, stopping: asyncio.Event, started: asyncio.Event | None = None) -> None:

@@ -28,46 +28,24 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 POM = Path(__file__).with_name("kafka_pom.xml")
+# Templates (str.format) for the broker's configuration files.
+LOG4J2 = Path(__file__).with_name("kafka_log4j2.properties")
+SERVER_PROPERTIES = Path(__file__).with_name("kafka_server.properties")
 STATE_FILE = "stack.json"
 START_DEADLINE_S = 60.0
 KAFKA_STOP_GRACE_S = 10.0
 DATABASE = "events"
-
-LOG4J2 = """\
-status = warn
-shutdownHook = disable
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log_file}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-"""
-
-SERVER_PROPERTIES = """\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{kafka},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{kafka}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs={data}
-num.partitions=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-auto.create.topics.enable=false
-group.initial.rebalance.delay.ms=0
-"""
+SASL_USER = "persister"
+SASL_PASSWORD = "local-stack-only"
 
 
 @dataclass(frozen=True)
 class StackInfo:
     kafka_bootstrap_servers: str
     database_url: str
+    # A second listener of the same broker that wants SASL/PLAIN with
+    # SASL_USER and SASL_PASSWORD (for testing Kafka security settings).
+    kafka_sasl_bootstrap_servers: str = ""
 
     def exports(self) -> str:
         """Shell lines that point the persister at this stack."""
@@ -216,14 +194,18 @@ class LocalStack:
         if not self._ports:
             raise StackError("the stack has not been started")
         pg = f"postgresql+asyncpg://postgres@127.0.0.1:{self._ports['postgres']}/{DATABASE}"
-        return StackInfo(f"127.0.0.1:{self._ports['kafka']}", self._external_db or pg)
+        return StackInfo(
+            f"127.0.0.1:{self._ports['kafka']}",
+            self._external_db or pg,
+            f"127.0.0.1:{self._ports['sasl']}",
+        )
 
     def start(self) -> StackInfo:
         """Start whatever is not running yet; return where to find it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self._ports:
-            names = ("kafka", "controller", "postgres")
-            self._ports = dict(zip(names, _free_ports(3), strict=True))
+            names = ("kafka", "controller", "postgres", "sasl")
+            self._ports = dict(zip(names, _free_ports(len(names)), strict=True))
         self.start_postgres()
         self.start_kafka()
         return self.info
@@ -283,10 +265,15 @@ class LocalStack:
 
     def _write_kafka_config(self) -> str:
         self._kafka_dir.mkdir(parents=True, exist_ok=True)
-        log4j = LOG4J2.format(log_file=self._kafka_dir / "server.log")
+        log4j = LOG4J2.read_text().format(log_file=self._kafka_dir / "server.log")
         (self._kafka_dir / "log4j2.properties").write_text(log4j)
         props = self._kafka_dir / "server.properties"
-        config = SERVER_PROPERTIES.format(data=self._kafka_dir / "data", **self._ports)
+        config = SERVER_PROPERTIES.read_text().format(
+            data=self._kafka_dir / "data",
+            sasl_user=SASL_USER,
+            sasl_password=SASL_PASSWORD,
+            **self._ports,
+        )
         props.write_text(config)
         return str(props)
 
