@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters, events
@@ -28,6 +28,7 @@ from tests.integration.support import (
     counts,
     create_topic,
     end_offsets,
+    read_topic,
     send,
     settings_for,
     stored_offsets,
@@ -36,6 +37,7 @@ from tests.integration.support import (
 )
 from tests.integration.workers import READY_MARKER, WorkerPool, worker_env
 from worker.consumer import Persister
+from worker.deadletter import origin
 from worker.loadgen import INVALID_MESSAGES, messages
 from worker.stack import LocalStack, StackInfo
 from worker.storage import create_engine
@@ -118,6 +120,18 @@ async def assert_exact(
     positions = await dead_letter_positions(engine, group, topic)
     assert len(set(positions)) == len(positions), "a message was dead-lettered twice"
     assert positions == list(expected.bad_positions), "dead letters at the wrong positions"
+
+
+async def wait_dead_letters_sent(engine: AsyncEngine, group: str, timeout_s: float) -> None:
+    """Wait until every dead letter of `group` is marked as sent to the topic."""
+    c = dead_letters.c
+
+    async def all_sent() -> bool:
+        unsent = select(func.count()).where(c.group_id == group, c.published.is_(None))
+        async with engine.connect() as conn:
+            return (await conn.execute(unsent)).scalar_one() == 0
+
+    await wait_until(all_sent, timeout_s, "every dead letter to reach the dead-letter topic")
 
 
 async def wait_stored(
@@ -246,6 +260,7 @@ async def test_chaos_kills_and_scaling_lose_and_duplicate_nothing(
         assert sum(ends.values()) == len(values)
 
         took = await wait_stored(engine, group, topic, ends, 240, pool.tail)
+        await wait_dead_letters_sent(engine, group, 60)
         print(
             f"\nchaos ({membership}): {len(actions)} actions, produced and chaos done after"
             f" {chaos_done - started:.1f}s, caught up {took:.1f}s later,"
@@ -262,6 +277,10 @@ async def test_chaos_kills_and_scaling_lose_and_duplicate_nothing(
     expected = tally(values, positions)
     assert expected.dead_letters == 1_000
     await assert_exact(engine, group, topic, expected, ends)
+    # And each bad message is on the dead-letter topic once, with its origin.
+    origins = [origin(r.headers) for r in await read_topic(stack_info, f"{topic}.dlq")]
+    assert sorted((o[2], o[3]) for o in origins if o is not None) == list(expected.bad_positions)
+    assert len(origins) == expected.dead_letters
 
 
 # --- b) database outage -----------------------------------------------------------
