@@ -371,6 +371,8 @@ class Persister:
             self.consumer.pause(TopicPartition(*tp))
         paused_s = time.monotonic() - self._revoked_at if self._revoked_at else 0.0
         self.stats.rebalance_pause_s += paused_s
+        if self._revoked_at is not None:
+            metrics.rebalance_pause_seconds.observe(paused_s)
         self._revoked_at = None
         logger.info(
             "rebalance %d: assigned %s (consumption paused %.1f s)",

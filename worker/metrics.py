@@ -49,6 +49,12 @@ write_failures = Counter(
     "persister_write_failures", "Batch writes that failed and will be retried", registry=registry
 )
 rebalances = Counter("persister_rebalances", "Partition assignments received", registry=registry)
+rebalance_pause_seconds = Histogram(
+    "persister_rebalance_pause_seconds",
+    "From a revocation to the next assignment: consumption paused by a rebalance",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=registry,
+)
 lag = Gauge(
     "persister_lag_records",
     "Log end offset minus the stored offset, per assigned partition",
