@@ -177,8 +177,15 @@ class Persister:
 
     async def _poll(self) -> None:
         now = time.monotonic()
-        wait_s = self.accumulator.next_due_in(now, exclude=self._inflight)
-        wait_s = self.settings.flush_every_s if wait_s is None else min(wait_s, 1.0)
+        # Wake when a partition that can be flushed becomes due, or when one
+        # waiting to retry may try again; not before (no busy loop in outages).
+        waiting = {tp for tp, o in self.owned.items() if not o.ready or o.retry_at > now}
+        due_in = self.accumulator.next_due_in(now, exclude=self._inflight.keys() | waiting)
+        retry_in = min(
+            (o.retry_at - now for o in self.owned.values() if o.retry_at > now), default=None
+        )
+        waits = [w for w in (due_in, retry_in) if w is not None]
+        wait_s = min([*waits, 1.0]) if waits else self.settings.flush_every_s
         try:
             fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
         except KafkaError as exc:
