@@ -1,3 +1,25 @@
-from worker.cli import app
+"""Entry point of `persister` and `python -m worker`."""
 
-app()
+import signal
+import sys
+from types import FrameType
+
+
+def _stop_while_importing(signum: int, _frame: FrameType | None) -> None:
+    # Nothing has been read yet, so nothing is left undone: a clean exit.
+    sys.exit(0)
+
+
+def main() -> None:
+    # Importing takes most of a second; a SIGTERM then (a replica scaled down
+    # as it starts) is not a failure. Afterwards the default applies until a
+    # command installs its own handlers (`run` does, to flush first).
+    signal.signal(signal.SIGTERM, _stop_while_importing)
+    from worker.cli import app
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    app()
+
+
+if __name__ == "__main__":
+    main()
