@@ -199,7 +199,6 @@ class Persister:
             state = self.owned.get(tp)
             if state is not None and state.ready:
                 self.accumulator.add(tp, records, now)
-        self._apply_pauses()
 
     def _apply_pauses(self) -> None:
         """The one place deciding which partitions are fetched (see
