@@ -42,6 +42,7 @@ async def readiness_problems(engine: AsyncEngine, expect_persister: bool) -> lis
     stuck_s = metrics.readiness.stuck_for()
     if stuck_s >= STUCK_AFTER_S:
         problems.append(f"a partition has failed to write for {stuck_s:.0f} s")
+    problems.extend(reason for _, reason in sorted(metrics.readiness.conditions.items()))
     return problems
 
 

@@ -73,6 +73,12 @@ trim_last_success = Gauge(
     "When the last trim finished",
     registry=registry,
 )
+conditions = Gauge(
+    "persister_conditions",
+    "Problems that persist until something changes (see the README's Troubleshooting), by kind",
+    ["kind"],
+    registry=registry,
+)
 leader = Gauge(
     "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
 )
@@ -106,13 +112,16 @@ def observe_trim(events: int, resources: int, took_s: float) -> None:
 
 @dataclass
 class Readiness:
-    """What the persister reports for `/readyz`."""
+    """What the services report for `/readyz`."""
 
     joined: bool = False
     # Monotonic time since which some partition holds records it has not
     # been able to write; None while every buffer drains normally.
     stuck_since: float | None = None
     partitions: set[tuple[str, int]] = field(default_factory=set)
+    # Conditions that make this replica unready while they last (see
+    # `worker.conditions`), by key: the reason `/readyz` shows.
+    conditions: dict[str, str] = field(default_factory=dict)
 
     def stuck_for(self) -> float:
         return 0.0 if self.stuck_since is None else time.monotonic() - self.stuck_since
