@@ -5,6 +5,13 @@ holds `batch_size` records, or `max_batch_bytes`, or its oldest record has
 waited `flush_every_s`. A flush takes a batch off the front with `peek` and
 removes it with `consume` only after the batch is durably written, so a failed
 write leaves the buffer exactly as it was.
+
+The consumer's position can run ahead of the last record: commit and abort
+markers of transactional producers, aborted batches and compacted records
+take offsets but are never returned. `add` takes that position, and a batch
+that empties the buffer stores it (`next_offset`), so the stored offset
+reaches the log end; a buffer with no records but a position ahead of the
+stored offset is due like one holding records, to write the offset alone.
 """
 
 from __future__ import annotations
@@ -46,6 +53,14 @@ class PartitionBuffer:
     # The next offset to accept: anything below it is a re-fetch of records
     # already buffered or written. None accepts anything (position unknown).
     position: int | None = None
+    # The offset stored after the last batch written (or loaded at reset);
+    # None if nothing is stored for the partition.
+    base: int | None = None
+
+    @property
+    def advance_pending(self) -> bool:
+        """No records, but the position moved past what is stored."""
+        return not self.records and self.position is not None and self.position != self.base
 
 
 @dataclass(frozen=True)
@@ -73,21 +88,45 @@ class Accumulator:
         return len(buffer.records) if buffer else 0
 
     def partitions(self) -> list[tuple[str, int]]:
-        return [tp for tp, b in self._buffers.items() if b.records]
+        """Partitions with records to write or an offset to store."""
+        return [tp for tp, b in self._buffers.items() if b.records or b.advance_pending]
 
     def reset(self, tp: tuple[str, int], position: int | None) -> None:
-        """Forget what is buffered; accept records from `position` on."""
+        """Forget what is buffered; accept records from `position` on, the
+        offset stored for the partition."""
         self.forget(tp)
-        self._buffers[tp] = PartitionBuffer(position=position)
+        self._buffers[tp] = PartitionBuffer(position=position, base=position)
+
+    def rewind(self, tp: tuple[str, int], position: int, now: float) -> None:
+        """Forget what is buffered and accept records from `position` on,
+        keeping the stored offset: the next batch moves it to wherever the
+        records now start (a topic recreated under the worker)."""
+        base = self._buffers[tp].base if tp in self._buffers else None
+        self.forget(tp)
+        self._buffers[tp] = buffer = PartitionBuffer(position=position, base=base)
+        if buffer.advance_pending:
+            buffer.since = now
+
+    def position(self, tp: tuple[str, int]) -> int | None:
+        """The next offset this partition accepts (None: not known yet)."""
+        buffer = self._buffers.get(tp)
+        return buffer.position if buffer else None
 
     def forget(self, tp: tuple[str, int]) -> None:
         buffer = self._buffers.pop(tp, None)
         if buffer is not None:
             self._nbytes -= buffer.nbytes
 
-    def add(self, tp: tuple[str, int], records: Iterable[Record], now: float) -> int:
-        """Append records in offset order, skipping re-fetched ones. Returns how
-        many were added."""
+    def add(
+        self,
+        tp: tuple[str, int],
+        records: Iterable[Record],
+        now: float,
+        fetched_to: int | None = None,
+    ) -> int:
+        """Append records in offset order, skipping re-fetched ones; then move
+        the position on to `fetched_to` (the consumer's position after this
+        fetch) when it is further. Returns how many were added."""
         buffer = self._buffers.setdefault(tp, PartitionBuffer())
         added = 0
         for record in records:
@@ -99,13 +138,15 @@ class Accumulator:
             self._nbytes += size
             buffer.position = record.offset + 1
             added += 1
-        if added and buffer.since is None:
+        if fetched_to is not None and (buffer.position is None or fetched_to > buffer.position):
+            buffer.position = fetched_to
+        if (added or buffer.advance_pending) and buffer.since is None:
             buffer.since = now
         return added
 
     def is_due(self, tp: tuple[str, int], now: float) -> bool:
         buffer = self._buffers.get(tp)
-        if buffer is None or not buffer.records:
+        if buffer is None or not (buffer.records or buffer.advance_pending):
             return False
         t = self.triggers
         return (
@@ -113,6 +154,11 @@ class Accumulator:
             or buffer.nbytes >= t.max_batch_bytes
             or (buffer.since is not None and now - buffer.since >= t.flush_every_s)
         )
+
+    def has_work(self, tp: tuple[str, int]) -> bool:
+        """Records to write, or an offset to store."""
+        buffer = self._buffers.get(tp)
+        return buffer is not None and bool(buffer.records or buffer.advance_pending)
 
     def due(self, now: float) -> list[tuple[str, int]]:
         return [tp for tp in self._buffers if self.is_due(tp, now)]
@@ -123,7 +169,7 @@ class Accumulator:
         waits = [
             max(0.0, b.since + self.triggers.flush_every_s - now)
             for tp, b in self._buffers.items()
-            if b.records and b.since is not None and tp not in exclude
+            if b.since is not None and tp not in exclude
         ]
         return min(waits, default=None)
 
@@ -146,14 +192,31 @@ class Accumulator:
             nbytes += size
         return batch
 
-    def consume(self, tp: tuple[str, int], count: int) -> None:
-        """Remove the first `count` records after they were written."""
+    def next_offset(self, tp: tuple[str, int], batch: list[Record]) -> int | None:
+        """The offset to store after writing `batch` (from `peek`, with no
+        await in between): past its last record, or the position when it
+        takes every record buffered (markers and skipped batches after the
+        last record included). None when there is nothing to store."""
+        buffer = self._buffers.get(tp)
+        if buffer is None:
+            return None
+        if len(batch) == len(buffer.records) and buffer.position is not None:
+            return buffer.position
+        return batch[-1].offset + 1 if batch else None
+
+    def consume(self, tp: tuple[str, int], count: int, stored: int | None = None) -> None:
+        """Remove the first `count` records after they were written, with
+        `stored` the offset that write stored (default: past the last one)."""
         buffer = self._buffers[tp]
         for _ in range(count):
-            size = record_size(buffer.records.popleft())
+            record = buffer.records.popleft()
+            size = record_size(record)
             buffer.nbytes -= size
             self._nbytes -= size
+            buffer.base = record.offset + 1
+        if stored is not None:
+            buffer.base = stored
         # What is left arrived no earlier than `since`: keeping that clock errs
         # towards flushing it early, never late.
-        if not buffer.records:
+        if not buffer.records and not buffer.advance_pending:
             buffer.since = None

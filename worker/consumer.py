@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.deadletter import DeadLetterPublisher
+from worker.fetching import Fetching, new_consumer, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
@@ -64,28 +65,12 @@ class Persister:
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
         )
         self.consumer = self._new_consumer()
+        self.fetching = Fetching(
+            self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
+        )
 
     def _new_consumer(self) -> AIOKafkaConsumer:
-        settings = self.settings
-        consumer = AIOKafkaConsumer(
-            **settings.kafka_options(),
-            group_id=settings.group_id,
-            group_instance_id=settings.group_instance_id,
-            client_id=settings.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset=settings.auto_offset_reset,
-            isolation_level="read_committed",
-            session_timeout_ms=int(settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.session_timeout_s * 1000 / 3),
-            max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
-            metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
-            max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
-        )
-        if settings.topic_pattern:
-            consumer.subscribe(pattern=settings.topic_pattern, listener=_Listener(self))
-        else:
-            consumer.subscribe(topics=list(settings.topics), listener=_Listener(self))
-        return consumer
+        return new_consumer(self.settings, _Listener(self))
 
     async def _connect(self, stopping: asyncio.Event) -> bool:
         """Start consuming, waiting out an unreachable broker or a topic that
@@ -118,7 +103,7 @@ class Persister:
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
-        await self._warn_missing_topics()
+        await warn_missing_topics(self.consumer, self.settings)
         try:
             while not stopping.is_set():
                 for crashed in (self._crashed, self.dead_letters.crashed):
@@ -154,18 +139,6 @@ class Persister:
             # Expected failures are handled inside; this is a bug: stop loudly.
             self._crashed = task.exception()
 
-    async def _warn_missing_topics(self) -> None:
-        if self.settings.topic_pattern:
-            return
-        missing = set(self.settings.topics) - await self.consumer.topics()
-        for topic in sorted(missing):
-            logger.warning(
-                "topic %s does not exist yet; it is picked up once created (metadata is "
-                "refreshed every %.0f s)",
-                topic,
-                self.settings.metadata_max_age_s,
-            )
-
     async def _leave(self) -> None:
         try:
             await asyncio.wait_for(self.consumer.stop(), LEAVE_TIMEOUT_S)
@@ -186,19 +159,7 @@ class Persister:
         )
         waits = [w for w in (due_in, retry_in) if w is not None]
         wait_s = min([*waits, 1.0]) if waits else self.settings.flush_every_s
-        try:
-            fetched = await self.consumer.getmany(timeout_ms=max(1, int(wait_s * 1000)))
-        except KafkaError as exc:
-            # The broker's problem, not ours to die of: aiokafka reconnects.
-            logger.warning("fetch failed: %r; retrying", exc)
-            await asyncio.sleep(min(1.0, wait_s))
-            return
-        now = time.monotonic()
-        for ktp, records in fetched.items():
-            tp = (ktp.topic, ktp.partition)
-            state = self.owned.get(tp)
-            if state is not None and state.ready:
-                self.accumulator.add(tp, records, now)
+        await self.fetching.poll(wait_s)
 
     def _apply_pauses(self) -> None:
         """The one place deciding which partitions are fetched (see
@@ -232,7 +193,12 @@ class Persister:
         failing = [o.failing_since for o in self.owned.values() if o.failing_since is not None]
         metrics.readiness.stuck_since = min(failing, default=None)
         for tp, state in self.owned.items():
-            end = self.consumer.highwater(TopicPartition(*tp))
+            # Read committed: the end is the last stable offset, not the
+            # high watermark, while a transaction is open.
+            ktp = TopicPartition(*tp)
+            end = self.consumer.last_stable_offset(ktp)
+            if end is None or end < 0:
+                end = self.consumer.highwater(ktp)
             if end is not None and state.stored is not None:
                 metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
 
@@ -262,7 +228,14 @@ class Persister:
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
             self.dead_letters.request(tp)
-            logger.info("%s[%d]: resuming at stored offset %s", tp[0], tp[1], offset)
+            if offset is None:
+                logger.info(
+                    "%s[%d]: no stored offset; starting at the %s offset",
+                    *tp,
+                    self.settings.auto_offset_reset,
+                )
+            else:
+                logger.info("%s[%d]: resuming at stored offset %d", *tp, offset)
 
     async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
         if offset is not None:
@@ -289,18 +262,18 @@ class Persister:
                 if not (force or self.accumulator.is_due(tp, time.monotonic())):
                     return
                 batch = self.accumulator.peek(tp)
-                if not batch:
+                next_offset = self.accumulator.next_offset(tp, batch)
+                if next_offset is None or (not batch and next_offset == state.stored):
                     return
-                next_offset = batch[-1].offset + 1
                 if not await self._write(tp, state, batch, next_offset):
                     return
-                self.accumulator.consume(tp, len(batch))
+                self.accumulator.consume(tp, len(batch), next_offset)
                 self._uncommitted[tp] = next_offset
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
         started = time.monotonic()
         try:
-            written = await self.writer.write(tp, state.stored, batch)
+            written = await self.writer.write(tp, state.stored, batch, next_offset)
         except FenceError as exc:
             self.stats.fence_failures += 1
             logger.warning("%s; reloading its offset", exc)
@@ -312,16 +285,18 @@ class Persister:
             metrics.write_failures.inc()
             self._failed(tp, "writing a batch", exc)
             return False
-        metrics.observe_batch(
-            len(batch),
-            written.events,
-            written.resources,
-            written.rejected,
-            time.monotonic() - started,
-            min((r.timestamp for r in batch if r.timestamp is not None), default=None),
-        )
+        if batch:
+            metrics.observe_batch(
+                len(batch),
+                written.events,
+                written.resources,
+                written.rejected,
+                time.monotonic() - started,
+                min((r.timestamp for r in batch if r.timestamp is not None), default=None),
+            )
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
+        self.fetching.stored(tp, next_offset)
         if written.dead_letters:
             self.dead_letters.request(tp)
         self.stats.batches += 1
@@ -406,6 +381,7 @@ class Persister:
                 task.cancel()
             del self.owned[tp]
             self.accumulator.forget(tp)
+            self.fetching.forget(tp)
             with contextlib.suppress(KeyError):
                 metrics.lag.remove(tp[0], str(tp[1]))
         if mine:

@@ -35,7 +35,11 @@ class KafkaView:
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[KafkaView]:
         admin = AIOKafkaAdminClient(**settings.kafka_options())
-        reader = AIOKafkaConsumer(**settings.kafka_options(), enable_auto_commit=False)
+        # Read committed, as the workers read: a log's end is its last
+        # stable offset while a transaction is open.
+        reader = AIOKafkaConsumer(
+            **settings.kafka_options(), enable_auto_commit=False, isolation_level="read_committed"
+        )
         await admin.start()
         try:
             await reader.start()

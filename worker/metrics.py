@@ -45,6 +45,19 @@ dead_letters = Counter(
     ["error_class"],
     registry=registry,
 )
+fetch_errors = Counter(
+    "persister_fetch_errors",
+    "Fetches from Kafka that failed, by error",
+    ["error"],
+    registry=registry,
+)
+offset_resets = Counter(
+    "persister_offset_resets",
+    "Partitions whose stored offset was not in the log: past_end (topic recreated, log "
+    "truncated) or before_start (records deleted before they were stored)",
+    ["reason"],
+    registry=registry,
+)
 write_failures = Counter(
     "persister_write_failures", "Batch writes that failed and will be retried", registry=registry
 )

@@ -29,15 +29,20 @@ class Owned:
     retry_at: float = 0.0
     # Monotonic time of the first of the current run of failed writes.
     failing_since: float | None = None
+    # Fetches that failed in a way waiting does not heal (see
+    # `worker.fetching`), and when to fetch the partition again.
+    fetch_failures: int = 0
+    fetch_retry_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def should_pause(self, held: int, two_batches: int, over_bound: bool, now: float) -> bool:
         """Stop fetching while not positioned yet, while waiting to retry a
-        write, while holding two batches already, and while all buffers
-        together are over their bound and this one holds anything."""
+        write or a fetch, while holding two batches already, and while all
+        buffers together are over their bound and this one holds anything."""
         return (
             not self.ready
             or self.retry_at > now
+            or self.fetch_retry_at > now
             or held >= two_batches
             or (over_bound and held > 0)
         )

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(45.0, gt=0)
     max_poll_interval_s: float = Field(300.0, gt=0)
     metadata_max_age_s: float = Field(30.0, gt=0)
+    # How often a partition whose records cannot be read is fetched again.
+    fetch_retry_s: float = Field(60.0, gt=0, le=3600)
 
     # Kafka security, passed through to aiokafka. SASL_* needs a mechanism,
     # a user name and a password; SSL and SASL_SSL take the files below

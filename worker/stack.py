@@ -189,6 +189,10 @@ class LocalStack:
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
+    def kafka_partition_dir(self, topic: str, partition: int) -> Path:
+        """Where the broker keeps a partition's log segments."""
+        return self._kafka_dir / "data" / f"{topic}-{partition}"
+
     @property
     def info(self) -> StackInfo:
         if not self._ports:

@@ -35,12 +35,15 @@ class BatchWriter:
         # rather than in the pool, where they would time out.
         self._slots = asyncio.Semaphore(settings.database_pool_size)
 
-    async def write(self, tp: TP, expected: int | None, batch: list[Record]) -> Written:
-        """Write `batch` and advance the stored offset from `expected` to the
-        offset after its last record."""
+    async def write(
+        self, tp: TP, expected: int | None, batch: list[Record], next_offset: int | None = None
+    ) -> Written:
+        """Write `batch` (possibly empty) and advance the stored offset from
+        `expected` to `next_offset` (default: past its last record)."""
         s = self.settings
         rows = to_rows(batch, s.limits, s.max_message_bytes)
-        next_offset = batch[-1].offset + 1
+        if next_offset is None:
+            next_offset = batch[-1].offset + 1
         async with self._slots:
             try:
                 written = await self._write_rows(tp, expected, next_offset, rows)

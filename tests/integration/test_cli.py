@@ -50,6 +50,25 @@ def persister(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def test_a_missing_codec_library_stops_run_with_one_line_before_connecting(
+    tmp_path: Path,
+) -> None:
+    # A `cramjam` that cannot be imported, as in an installation without it.
+    (tmp_path / "cramjam").mkdir()
+    (tmp_path / "cramjam" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    proc = persister(
+        "run",
+        env={"PYTHONPATH": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out.strip().splitlines() == [
+        "cannot decode snappy-compressed records (NotImplementedError: Snappy codec is not "
+        "available); the cramjam package provides snappy, lz4 and zstd: reinstall the worker "
+        "with its dependencies"
+    ]
+
+
 def test_bad_setting_exits_2_with_one_clear_line() -> None:
     proc = persister("run", env={"PERSISTER_BATCH_SIZE": "0", "PERSISTER_FLUSH_EVERY_S": "soon"})
     out, _ = proc.communicate(timeout=60)

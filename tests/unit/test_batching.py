@@ -379,3 +379,76 @@ def test_partitions_lists_only_non_empty_buffers() -> None:
     a.add(OTHER, recs(0, [1], partition=1), T0)
     a.consume(OTHER, 1)
     assert a.partitions() == [TP]
+
+
+# --- positions past the last record (markers, aborted batches) ----------------
+
+
+def test_a_batch_taking_every_record_stores_the_position_past_trailing_markers() -> None:
+    a = acc()
+    a.reset(TP, 0)
+    # Records 0-2, then a commit marker at 3: the consumer is at 4.
+    a.add(TP, recs(0, [1, 1, 1]), T0, fetched_to=4)
+    batch = a.peek(TP)
+    assert offsets(batch) == [0, 1, 2]
+    assert a.next_offset(TP, batch) == 4
+
+
+def test_a_batch_leaving_records_behind_stores_past_its_last_record() -> None:
+    a = acc(batch_size=2)
+    a.reset(TP, 0)
+    a.add(TP, recs(0, [1, 1, 1]), T0, fetched_to=9)
+    batch = a.peek(TP)
+    assert a.next_offset(TP, batch) == 2
+    a.consume(TP, len(batch), 2)
+    rest = a.peek(TP)
+    assert offsets(rest) == [2]
+    assert a.next_offset(TP, rest) == 9
+
+
+def test_markers_alone_make_the_partition_due_to_store_the_offset() -> None:
+    a = acc()
+    a.reset(TP, 10)
+    assert a.add(TP, [], T0, fetched_to=10) == 0
+    assert not a.has_work(TP)
+    # Only an abort marker and an aborted batch came: nothing to write but
+    # the offset.
+    assert a.add(TP, [], T0, fetched_to=17) == 0
+    assert a.has_work(TP)
+    assert a.partitions() == [TP]
+    assert not a.is_due(TP, T0 + AGE / 2)
+    assert a.is_due(TP, T0 + AGE)
+    assert a.next_due_in(T0) == AGE
+    assert a.next_offset(TP, a.peek(TP)) == 17
+    a.consume(TP, 0, 17)
+    assert not a.has_work(TP)
+    assert not a.is_due(TP, T0 + 10)
+
+
+def test_a_position_behind_the_buffer_is_ignored() -> None:
+    a = acc()
+    a.reset(TP, 0)
+    a.add(TP, recs(0, [1, 1]), T0, fetched_to=1)
+    assert a.position(TP) == 2
+
+
+def test_no_stored_offset_stores_the_first_position_known() -> None:
+    a = acc()
+    a.reset(TP, None)
+    assert a.add(TP, [], T0, fetched_to=None) == 0
+    assert not a.has_work(TP)
+    a.add(TP, [], T0, fetched_to=5)
+    assert a.next_offset(TP, a.peek(TP)) == 5
+
+
+def test_rewind_keeps_the_stored_offset_and_accepts_lower_offsets() -> None:
+    a = acc()
+    a.reset(TP, 100)
+    a.rewind(TP, 0, T0)
+    assert a.position(TP) == 0
+    # The log is empty from 0: the offset moves back to 0 on its own.
+    assert a.is_due(TP, T0 + AGE)
+    assert a.next_offset(TP, a.peek(TP)) == 0
+    assert a.add(TP, recs(0, [1, 1]), T0) == 2
+    batch = a.peek(TP)
+    assert a.next_offset(TP, batch) == 2

@@ -23,6 +23,7 @@ from worker.cli.common import (
     load_settings,
     with_engine,
 )
+from worker.codecs import CodecError, check_codecs
 from worker.kafka_admin import create_topic
 from worker.retention import trim
 from worker.services import Service
@@ -50,6 +51,11 @@ def run() -> None:
     """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        check_codecs()
+    except CodecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
     logging.getLogger(__name__).info(
         "starting %s against %s",
         ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
