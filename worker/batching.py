@@ -204,10 +204,27 @@ class Accumulator:
             return buffer.position
         return batch[-1].offset + 1 if batch else None
 
-    def consume(self, tp: tuple[str, int], count: int, stored: int | None = None) -> None:
+    def generation(self, tp: tuple[str, int]) -> object:
+        """Changes when the buffer is reset or rewound: a batch peeked before
+        that is not in the buffer any more."""
+        return self._buffers.get(tp)
+
+    def consume(
+        self,
+        tp: tuple[str, int],
+        count: int,
+        stored: int | None = None,
+        generation: object = None,
+    ) -> None:
         """Remove the first `count` records after they were written, with
-        `stored` the offset that write stored (default: past the last one)."""
+        `stored` the offset that write stored (default: past the last one).
+        With the `generation` the batch was peeked in, a buffer reset since
+        then only takes note of the stored offset."""
         buffer = self._buffers[tp]
+        if generation is not None and generation is not buffer:
+            if stored is not None:
+                buffer.base = stored
+            return
         for _ in range(count):
             record = buffer.records.popleft()
             size = record_size(record)

@@ -261,13 +261,16 @@ class Persister:
             while self.owned.get(tp) is state and state.ready:
                 if not (force or self.accumulator.is_due(tp, time.monotonic())):
                     return
+                generation = self.accumulator.generation(tp)
                 batch = self.accumulator.peek(tp)
                 next_offset = self.accumulator.next_offset(tp, batch)
                 if next_offset is None or (not batch and next_offset == state.stored):
+                    self.accumulator.consume(tp, 0, next_offset)
                     return
                 if not await self._write(tp, state, batch, next_offset):
                     return
-                self.accumulator.consume(tp, len(batch), next_offset)
+                # A rewind meanwhile (an offset reset) replaced the buffer.
+                self.accumulator.consume(tp, len(batch), next_offset, generation)
                 self._uncommitted[tp] = next_offset
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:

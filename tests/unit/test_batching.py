@@ -452,3 +452,17 @@ def test_rewind_keeps_the_stored_offset_and_accepts_lower_offsets() -> None:
     assert a.add(TP, recs(0, [1, 1]), T0) == 2
     batch = a.peek(TP)
     assert a.next_offset(TP, batch) == 2
+
+
+def test_a_batch_written_across_a_rewind_leaves_the_new_buffer_alone() -> None:
+    a = acc()
+    a.reset(TP, 0)
+    a.add(TP, recs(0, [1, 1, 1]), T0)
+    generation = a.generation(TP)
+    batch = a.peek(TP)
+    # While it is written, the log turns out truncated: read again from 0.
+    a.rewind(TP, 0, T0)
+    a.add(TP, recs(0, [1]), T0)
+    a.consume(TP, len(batch), 3, generation)
+    assert offsets(a.peek(TP)) == [0]
+    assert a.next_offset(TP, a.peek(TP)) == 1
