@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Prefect, pinned, in a venv of its own: the read-back test runs Prefect's
+# code there, so Prefect never constrains the worker's dependencies.
+PREFECT_VENV ?= .venv-prefect
+PREFECT_REQUIREMENTS := tests/prefect_side/requirements.txt
 SOURCES := worker schemas tests
 
 .DEFAULT_GOAL := help
@@ -20,6 +24,15 @@ $(BIN)/persister: pyproject.toml
 install: $(BIN)/persister ## Create .venv with the package and its dev tools; fetch the Kafka jars
 	$(BIN)/python -c 'from worker.stack import kafka_libs; print("kafka jars in", kafka_libs())'
 
+$(PREFECT_VENV)/installed: $(PREFECT_REQUIREMENTS)
+	$(PYTHON) -m venv $(PREFECT_VENV)
+	$(PREFECT_VENV)/bin/pip install -q --upgrade pip
+	$(PREFECT_VENV)/bin/pip install -q -r $(PREFECT_REQUIREMENTS)
+	@touch $@
+
+.PHONY: prefect-venv
+prefect-venv: $(PREFECT_VENV)/installed ## Create .venv-prefect with the pinned Prefect (for the read-back test)
+
 .PHONY: format
 format: install ## Format the code
 	$(BIN)/ruff format $(SOURCES)
@@ -36,11 +49,11 @@ unit-test: install ## Tests without I/O
 	$(BIN)/pytest -m "not integration"
 
 .PHONY: integration-test
-integration-test: install ## Tests against a real Kafka broker and PostgreSQL server
+integration-test: install prefect-venv ## Tests against a real Kafka broker and PostgreSQL server
 	$(BIN)/pytest -m integration
 
 .PHONY: test
-test: lint ## Everything: lint, unit and integration tests
+test: lint prefect-venv ## Everything: lint, unit and integration tests
 	$(BIN)/pytest
 
 .PHONY: bench

@@ -1,8 +1,14 @@
 """Table definitions (SQLAlchemy Core). Migrations in `schemas/migrations` create
 them; nothing creates tables at write time.
 
-Columns follow Prefect's `events` and `event_resources` tables so Prefect-style
-readers work unchanged. Each index exists for a named query:
+`events` and `event_resources` have every column of Prefect's models of them
+(`Event` and `EventResource`), so Prefect's own storage code reads them; the
+values are those of Prefect's `as_database_row()` and
+`as_database_resource_rows()`. Columns Prefect's code fills on its own (the
+row ids of `event_resources`, `created`, `updated`, `recorded`) are filled by
+the database here, so the insert does not carry them.
+
+Each index exists for a named query:
 
 - ``ix_events__occurred``: time-range reads ("events since T") and the retention
   trimmer's ``occurred < cutoff`` batches.
@@ -17,6 +23,8 @@ readers work unchanged. Each index exists for a named query:
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -35,6 +43,9 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 metadata = MetaData(
     naming_convention={
@@ -47,6 +58,33 @@ metadata = MetaData(
 # JSONB on PostgreSQL (indexable, compact); plain JSON text on SQLite.
 Json = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
+
+
+class RandomUuid(FunctionElement[Any]):
+    """A new random (version 4) UUID for each row, made by the database."""
+
+    type = Uuid()
+    inherit_cache = True
+
+
+@compiles(RandomUuid, "postgresql")
+def _random_uuid_postgresql(element: RandomUuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+# The 32 hex digits SQLAlchemy's Uuid is stored as on SQLite, with the
+# version and variant digits of a version 4 UUID.
+SQLITE_RANDOM_UUID = (
+    "lower(hex(randomblob(4)) || hex(randomblob(2)) || '4' || substr(hex(randomblob(2)), 2)"
+    " || substr('89AB', 1 + abs(random() % 4), 1) || substr(hex(randomblob(2)), 2)"
+    " || hex(randomblob(6)))"
+)
+
+
+@compiles(RandomUuid, "sqlite")
+def _random_uuid_sqlite(element: RandomUuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_RANDOM_UUID
+
 
 events = Table(
     "events",
@@ -62,13 +100,19 @@ events = Table(
     Column("received", Timestamp, nullable=False),
     Column("recorded", Timestamp, nullable=False, server_default=func.now()),
     Column("follows", Uuid, nullable=True),
+    Column("created", Timestamp, nullable=False, server_default=func.now()),
+    Column("updated", Timestamp, nullable=False, server_default=func.now()),
     Index(None, "occurred"),
     Index(None, "event", "occurred"),
     Index(None, "resource_id", "occurred"),
 )
 
-# The primary key makes a second copy of a resource row impossible, whatever
-# path wrote it; the primary resource has role "".
+# One row per (role, id) of an event's resources; the primary resource has
+# role "". The primary key makes a second copy of a resource row impossible,
+# whatever path wrote it. `resource` holds the labels other than
+# prefect.resource.id and prefect.resource.role (those are the columns).
+# `id` is what Prefect's ORM identifies a row by; nothing looks rows up by it,
+# so it has no index.
 event_resources = Table(
     "event_resources",
     metadata,
@@ -77,6 +121,9 @@ event_resources = Table(
     Column("resource_id", Text, nullable=False),
     Column("occurred", Timestamp, nullable=False),
     Column("resource", Json, nullable=False),
+    Column("id", Uuid, nullable=False, server_default=RandomUuid()),
+    Column("created", Timestamp, nullable=False, server_default=func.now()),
+    Column("updated", Timestamp, nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("event_id", "resource_role", "resource_id"),
     Index(None, "resource_id", "occurred"),
     Index(None, "occurred"),

@@ -77,7 +77,8 @@ def json_text(value: Any) -> str:
 
 
 def event_row(event: Event, received: datetime) -> dict[str, Any]:
-    """The `events` row; JSON columns as JSON text (see JSON_COLUMNS)."""
+    """The `events` row: Prefect's `as_database_row()` but `recorded`, which the
+    database fills; JSON columns as JSON text (see JSON_COLUMNS)."""
     return {
         "id": event.id,
         "occurred": event.occurred,
@@ -92,21 +93,27 @@ def event_row(event: Event, received: datetime) -> dict[str, Any]:
     }
 
 
+def other_labels(labels: dict[str, str]) -> dict[str, str]:
+    """A resource row's `resource`: the labels that are not its id or role
+    (those are columns), as Prefect stores it."""
+    return {k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE}
+
+
 def resource_rows(event: Event) -> list[dict[str, Any]]:
-    """The primary resource (role "") and each distinct (role, id) related one."""
+    """The primary resource (role "") and each distinct (role, id) related one:
+    Prefect's `as_database_resource_rows()`, but a (role, id) repeated in
+    `related` gives one row (the first), as the table's key allows."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for role, labels in [("", event.resource), *((r[RESOURCE_ROLE], r) for r in event.related)]:
         key = (role, labels[RESOURCE_ID])
-        rows.setdefault(
-            key,
-            {
+        if key not in rows:
+            rows[key] = {
                 "event_id": event.id,
                 "resource_role": role,
                 "resource_id": labels[RESOURCE_ID],
                 "occurred": event.occurred,
-                "resource": json_text(labels),
-            },
-        )
+                "resource": json_text(other_labels(labels)),
+            }
     return list(rows.values())
 
 

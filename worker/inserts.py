@@ -23,12 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas.tables import event_resources, events
 from worker.decoding import JSON_COLUMNS
 
-# Filled by the database.
-SERVER_COLUMNS = frozenset({"recorded"})
-
 
 def _columns(table: Table) -> list[str]:
-    return [c.name for c in table.columns if c.name not in SERVER_COLUMNS]
+    """The columns a row carries: those without a server default (`recorded`,
+    `created`, `updated`, resource row ids), which the database fills."""
+    return [c.name for c in table.columns if c.server_default is None]
 
 
 def _unnest_insert(table: Table, returning: str | None) -> str:

@@ -43,7 +43,7 @@ FROM generate_series(1, :n) AS i
 """
 OLD_RESOURCES = """
 INSERT INTO event_resources (event_id, resource_role, resource_id, occurred, resource)
-SELECT id, '', resource_id, occurred, resource FROM events WHERE event = 'old.event'
+SELECT id, '', resource_id, occurred, '{}' FROM events WHERE event = 'old.event'
 """
 
 

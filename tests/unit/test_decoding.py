@@ -231,34 +231,49 @@ def test_received_of_the_event_wins_over_the_record_timestamp() -> None:
     assert rows.events[0]["received"].tzinfo is UTC
 
 
+def resource_row(role: str, id: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "event_id": ID_A,
+        "resource_role": role,
+        "resource_id": id,
+        "occurred": OCCURRED,
+        "resource": orjson.dumps(labels).decode(),
+    }
+
+
 def test_resource_rows_are_the_primary_and_each_distinct_related_role_and_id() -> None:
     related = [
         rel("a", "tag"),
         rel("a", "tag", extra="ignored: same (role, id) as before"),
-        rel("a", "flow"),
+        rel("a", "flow", name="kept"),
         rel("b", "tag"),
         rel("prefect.flow-run.1", "self"),
     ]
     rows = to_rows([record(raw(related=related))], LIMITS, MAX)
-
-    def row(role: str, id: str, labels: dict[str, str]) -> dict[str, Any]:
-        return {
-            "event_id": ID_A,
-            "resource_role": role,
-            "resource_id": id,
-            "occurred": OCCURRED,
-            "resource": orjson.dumps(labels).decode(),
-        }
-
     assert rows.resources == {
         ID_A: [
-            row("", "prefect.flow-run.1", {RESOURCE_ID: "prefect.flow-run.1"}),
-            row("tag", "a", related[0]),
-            row("flow", "a", related[2]),
-            row("tag", "b", related[3]),
-            row("self", "prefect.flow-run.1", related[4]),
+            resource_row("", "prefect.flow-run.1", {}),
+            resource_row("tag", "a", {}),
+            resource_row("flow", "a", {"name": "kept"}),
+            resource_row("tag", "b", {}),
+            resource_row("self", "prefect.flow-run.1", {}),
         ]
     }
+
+
+def test_resource_rows_keep_every_label_but_the_id_and_the_role() -> None:
+    """As Prefect stores them: the id and role are columns of the row, also
+    for a primary resource that carries a role label."""
+    resource = {RESOURCE_ID: "r", RESOURCE_ROLE: "odd", "prefect.resource.name": "n", "k": "v"}
+    related = [rel("a", "flow", **{"prefect.resource.name": "f"})]
+    rows = to_rows([record(raw(resource=resource, related=related))], LIMITS, MAX)
+    assert rows.resources[ID_A] == [
+        resource_row("", "r", {"prefect.resource.name": "n", "k": "v"}),
+        resource_row("flow", "a", {"prefect.resource.name": "f"}),
+    ]
+    # The event row keeps them all.
+    assert orjson.loads(rows.events[0]["resource"]) == resource
+    assert orjson.loads(rows.events[0]["related"]) == related
 
 
 def test_an_event_without_related_has_one_resource_row() -> None:

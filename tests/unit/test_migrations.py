@@ -5,6 +5,9 @@ compared with the table metadata by Alembic's autogenerate, which reports any
 missing or extra table, column, index or constraint, and any differing type,
 nullability or server default.
 
+The data migrations run here on SQLite; their PostgreSQL SQL differs and runs
+in tests/integration/test_migrations_postgresql.py.
+
 These are sync tests on purpose: the migration environment runs its own event
 loop with `asyncio.run`, which cannot run inside the test's loop.
 """
@@ -15,14 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from schemas.migrate import alembic_config, upgrade
-from schemas.tables import metadata
+from schemas.tables import event_resources, events, metadata
+from tests import old_rows
 
 TABLES = {"events", "event_resources", "consumer_offsets", "dead_letters", "leader_leases"}
 
@@ -140,7 +146,7 @@ def head() -> str | None:
 def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
 
 
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:
@@ -151,3 +157,42 @@ def test_upgrading_again_is_a_no_op(migrated: Path, connection: sa.Connection) -
     upgrade(f"sqlite+aiosqlite:///{migrated}")
     assert MigrationContext.configure(connection).get_current_revision() == head()
     assert differences(connection, metadata) == []
+
+
+def test_0004_keeps_the_data_and_drops_the_id_and_role_labels(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade(url, old_rows.BEFORE)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    er = event_resources.c
+    by_key = sa.select(event_resources).order_by(er.event_id, er.resource_role)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(events), old_rows.EVENTS)
+            conn.execute(sa.insert(event_resources), old_rows.RESOURCES)
+
+        upgrade(url)
+        with engine.connect() as conn:
+            stored = [dict(r) for r in conn.execute(by_key).mappings()]
+            stored_events = [dict(r) for r in conn.execute(sa.select(events)).mappings()]
+        assert [(r["event_id"], r["resource_role"], r["resource"]) for r in stored] == (
+            old_rows.MIGRATED_RESOURCES
+        )
+        assert len({r["id"] for r in stored}) == 3
+        assert {r["id"].version for r in stored} == {4}
+        assert all(r["created"] and r["updated"] for r in stored + stored_events)
+        assert [old_rows.unchanged(e) for e in stored_events] == [
+            old_rows.unchanged(e) for e in old_rows.EVENTS
+        ]
+
+        command.downgrade(alembic_config(url), old_rows.BEFORE)
+        with engine.connect() as conn:
+            restored = [
+                r.resource
+                for r in conn.execute(
+                    sa.text("SELECT resource FROM event_resources ORDER BY event_id, resource_role")
+                )
+            ]
+        assert [orjson.loads(r) for r in restored] == [r["resource"] for r in old_rows.RESOURCES]
+    finally:
+        engine.dispose()

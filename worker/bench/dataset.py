@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE
-from worker.decoding import json_text
+from worker.decoding import json_text, other_labels
 from worker.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
 from worker.loadgen import encode, make_event
 
@@ -92,7 +92,7 @@ def resource_records(event: dict[str, Any], event_id: UUID, occurred: datetime) 
             "resource_role": role,
             "resource_id": labels[RESOURCE_ID],
             "occurred": occurred,
-            "resource": json_text(labels),
+            "resource": json_text(other_labels(labels)),
         }
         rows.setdefault((role, labels[RESOURCE_ID]), tuple(row[n] for n in RESOURCE_COLUMNS))
     return list(rows.values())

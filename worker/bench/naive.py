@@ -23,6 +23,7 @@ from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
 from schemas.tables import event_resources, events
 from worker.bench import db
 from worker.bench.results import NAIVE, Check, Phase
+from worker.decoding import other_labels
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _rows(event: Event, timestamp_ms: int) -> tuple[dict[str, Any], list[dict[st
             "resource_role": role,
             "resource_id": labels[RESOURCE_ID],
             "occurred": event.occurred,
-            "resource": labels,
+            "resource": other_labels(labels),
         }
         for role, labels in labelled
     ]
