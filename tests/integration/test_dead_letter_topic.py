@@ -1,10 +1,15 @@
 """Dead letters of any size reach `<topic>.dlq` once each, whole or reduced,
-and none holds back another."""
+and none holds back another; `dlq replay` sends a large one back or refuses
+in one line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -17,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.tables import dead_letters
 from tests.integration.support import (
     counts,
+    end_offsets,
     read_topic,
     running,
     settings_for,
+    stored_offsets,
     unique,
     wait_persisted,
     wait_until,
@@ -322,3 +329,62 @@ async def test_a_topic_that_cannot_be_created_is_reported_once_and_events_flow(
         f"{topic}[0]: dead letters not sent to {topic}/dlq: InvalidTopicError("
     )
     assert lines[0][1].endswith("; retrying every 5 s (they are in the dead_letters table)")
+
+
+def dlq_replay(letter_id: int, info: StackInfo, **env: str) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "dlq", "replay", "--id", str(letter_id)],
+        env={
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": info.kafka_bootstrap_servers,
+            "DATABASE_URL": info.database_url,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+async def test_dlq_replay_of_a_2_mb_dead_letter_refuses_in_one_line_until_it_fits(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    topic = unique("replay-large")
+    await make_topic(stack_info, topic)
+    await produce(stack_info, topic, [event_of(LARGE, seed=7)])
+    settings = settings_for(stack_info, topic, dead_letter_topic="")
+    async with running(Persister(settings, engine)):
+        await wait_persisted(engine, settings.group_id, topic, {0: 1})
+    async with engine.connect() as conn:
+        (letter_id,) = (await conn.execute(select(dead_letters.c.id))).scalars().all()
+
+    code, out, err = await asyncio.to_thread(dlq_replay, letter_id, stack_info)
+    assert (code, out) == (3, ""), err
+    assert err.splitlines() == [
+        f"refused: dead letter {letter_id} (2000000 bytes) is larger than "
+        "PERSISTER_MAX_MESSAGE_BYTES=1572864 and would be dead-lettered again; raise it "
+        "(for the workers too) or send a smaller --value-file"
+    ]
+
+    # The setting is raised, but the topic takes 1 MB.
+    await set_limit(stack_info, topic, 1_000_000)
+    raised = {"PERSISTER_MAX_MESSAGE_BYTES": "3000000"}
+    code, out, err = await asyncio.to_thread(dlq_replay, letter_id, stack_info, **raised)
+    assert (code, out) == (3, ""), err
+    assert err.splitlines() == [
+        f"refused: {topic}[0] did not take dead letter {letter_id}: MessageSizeTooLargeError() "
+        "(0 sent before it); raise the topic's max.message.bytes"
+    ]
+    assert await end_offsets(stack_info, topic, 1) == {0: 1}
+
+    await set_limit(stack_info, topic, SOURCE_LIMIT)
+    code, out, err = await asyncio.to_thread(dlq_replay, letter_id, stack_info, **raised)
+    assert (code, out, err) == (0, "sent 1 dead letters back to their topics\n", "")
+    assert await end_offsets(stack_info, topic, 1) == {0: 2}
+    fixed = settings_for(stack_info, topic, dead_letter_topic="", max_message_bytes=3_000_000)
+    async with running(Persister(fixed, engine)):
+        await wait_persisted(engine, settings.group_id, topic, {0: 2})
+    assert await counts(engine) == (1, 2, 1)
+    assert await stored_offsets(engine, settings.group_id, topic) == {0: 2}

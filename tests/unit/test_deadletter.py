@@ -13,6 +13,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from worker import metrics
 from worker.conditions import Conditions
+from worker.dead_letter_admin import oversized
 from worker.dead_letter_records import (
     dead_letter_topic,
     fitted,
@@ -191,3 +192,10 @@ def test_publishing_problems_are_logged_once_and_end_with_one_line(
     assert ours(metrics.readiness.conditions) == {}
     value = metrics.registry.get_sample_value("persister_conditions", {"kind": "test-dead-letters"})
     assert value == 0
+
+
+def test_replay_refuses_values_over_max_message_bytes_or_the_fixed_one() -> None:
+    letters = [row(id=1, value=b"v" * 100), row(id=2, value=b"v" * 101), row(id=3, value=None)]
+    assert oversized(letters, None, 100) == [(2, 101)]
+    assert oversized(letters, b"f" * 101, 100) == [(1, 101), (2, 101), (3, 101)]
+    assert oversized(letters, b"f" * 100, 100) == []
