@@ -1,15 +1,17 @@
 """The dead-letter topic, fed from the `dead_letters` table (an outbox).
 
 Order: a dead letter is first committed to the table in the batch's
-transaction; only then is it sent to the topic, and marked `published`. The
-partition's owner does the sending, so there is one sender per dead letter.
-A crash between sending and marking leaves rows unmarked that may already be on
-the topic; the next owner, on assignment, reads the topic's recent records for
-that partition and marks those instead of sending them twice.
+transaction; only then is it sent to the topic, and marked `published` as
+soon as the broker acknowledges it. The partition's owner does the sending,
+so there is one sender per dead letter. A crash between sending and marking
+(or a send whose outcome is unknown) leaves rows unmarked that may already be
+on the topic; the next attempt reads the topic's recent records for that
+partition and marks those instead of sending them twice.
 
 Each dead letter goes to partition (source partition mod partition count) of
-`<topic>.dlq` (the `dead_letter_topic` setting), keyed like the original,
-with headers saying where it came from and why it was rejected.
+`<topic>.dlq` (the `dead_letter_topic` setting), whole if it fits the topic,
+else reduced (`worker.dead_letter_records`). One that fails does not hold
+back the others: each is marked on its own, and the failed one is retried.
 """
 
 from __future__ import annotations
@@ -18,62 +20,101 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+)
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
-from worker.kafka_admin import create_topic
+from worker.conditions import Conditions
+from worker.dead_letter_records import (
+    Outgoing,
+    dead_letter_topic,
+    fitted,
+    reduced,
+    request_bytes,
+)
+from worker.dead_letter_topic import Target, already_sent, prepare
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TP = tuple[str, int]
-HEADER_PREFIX = "dlq."
-# How far before the oldest unmarked row to look for it on the topic: the row
-# is committed before it is sent, so the record is never older than the row
-# by more than clock skew between database and broker.
-SCAN_MARGIN = timedelta(minutes=5)
 SEND_TIMEOUT_S = 10.0
 RETRY_S = 5.0
+# The broker refused the record for its size: next time it goes reduced.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# After these the record is certainly not on the topic. They also leave a
+# gap in the idempotent producer's sequence for that topic partition, which
+# fails every later send there until a new producer starts a new sequence.
+REFUSED = (*TOO_LARGE, OutOfOrderSequenceNumber)
 
 
-def dead_letter_topic(template: str, source_topic: str) -> str | None:
-    return template.replace("<topic>", source_topic) if template else None
+@dataclass
+class Outcome:
+    """What one attempt at a partition's unsent dead letters came to."""
+
+    sent: int = 0
+    reduced: int = 0
+    # The first failure, if any; the failed dead letters are retried.
+    error: str | None = None
+    # A failure after which a dead letter may be on the topic nonetheless.
+    unsure: bool = False
+    # The broker refused a record outright (see REFUSED).
+    refused: bool = False
+    # The first dead letter that does not fit the topic even reduced.
+    unfit: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is None and self.unfit is None
+
+    def failed(self, error: str, unsure: bool) -> None:
+        self.error = self.error or error
+        self.unsure = self.unsure or unsure
 
 
-def headers(row: Row[Any], group_id: str) -> list[tuple[str, bytes]]:
-    timestamp = row.timestamp.isoformat() if row.timestamp else ""
-    fields = {
-        "group": group_id,
-        "topic": row.topic,
-        "partition": str(row.partition),
-        "offset": str(row.offset),
-        "timestamp": timestamp,
-        "error_class": row.error_class,
-        "error": row.error,
-    }
-    return [(HEADER_PREFIX + name, value.encode()) for name, value in fields.items()]
-
-
-def origin(record_headers: Sequence[tuple[str, bytes]]) -> tuple[str, str, int, int] | None:
-    """(group, topic, partition, offset) a dead-letter record came from."""
-    found = {name: value.decode(errors="replace") for name, value in record_headers}
-    try:
-        return (
-            found[HEADER_PREFIX + "group"],
-            found[HEADER_PREFIX + "topic"],
-            int(found[HEADER_PREFIX + "partition"]),
-            int(found[HEADER_PREFIX + "offset"]),
+def report(conditions: Conditions, tp: TP, topic: str, outcome: Outcome) -> None:
+    """Start or end the partition's conditions: each is logged once, and
+    shown by `/readyz` while it lasts (the events themselves keep flowing)."""
+    where = f"{tp[0]}[{tp[1]}]"
+    if outcome.error is None:
+        conditions.clear(f"{where} send", f"{where}: dead letters reach {topic} again")
+    else:
+        reason = (
+            f"{where}: dead letters not sent to {topic}: {outcome.error}; "
+            f"retrying every {RETRY_S:.0f} s (they are in the dead_letters table)"
         )
-    except (KeyError, ValueError):
-        return None
+        conditions.raise_(f"{where} send", reason, logging.WARNING)
+    if outcome.unfit is None:
+        conditions.clear(f"{where} unfit", f"{where}: every dead letter fits {topic} again")
+    else:
+        conditions.raise_(f"{where} unfit", f"{where}: {outcome.unfit}")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Retrieve a send's error, so that one no attempt awaits is not logged
+    as never retrieved (e.g. when the partition was revoked meanwhile)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def unfit_reason(row: Row[Any], group_id: str, topic: str, limit: int) -> str:
+    size = reduced(row, group_id).size
+    return (
+        f"the dead letter of offset {row.offset} does not fit {topic} even reduced "
+        f"({size} bytes, the topic takes {limit}); raise the topic's max.message.bytes, "
+        f"it is retried every {RETRY_S:.0f} s"
+    )
 
 
 class DeadLetterPublisher:
@@ -84,14 +125,22 @@ class DeadLetterPublisher:
         self.settings = settings
         self.engine = engine
         self.published = 0
+        self.reduced = 0
+        # Attempts that left some dead letter unsent, to be retried.
+        self.failed_attempts = 0
         # An unexpected error in a sender, for the main loop to raise.
         self.crashed: BaseException | None = None
+        self.conditions = Conditions("dead_letter_topic")
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: dict[str, int] = {}
+        self._targets: dict[str, Target] = {}
         self._senders: dict[TP, asyncio.Task[None]] = {}
         self._wanted: set[TP] = set()
         # Partitions whose leftovers from a previous owner were checked.
         self._checked: set[TP] = set()
+        # Dead letters the broker refused whole: they go reduced next time.
+        self._reduce: set[int] = set()
+        # Sends whose answer no attempt has handled yet, by dead letter id.
+        self._inflight: dict[int, tuple[Outgoing, asyncio.Future[Any]]] = {}
 
     def request(self, tp: TP) -> None:
         """Send `tp`'s unsent dead letters soon (also what a previous owner
@@ -114,13 +163,18 @@ class DeadLetterPublisher:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), timeout_s)
             task.cancel()
+        # Its problems are the next owner's to report.
+        self.conditions.clear_where(f"{tp[0]}[{tp[1]}] ")
 
     async def _send_while_wanted(self, tp: TP) -> None:
         while tp in self._wanted:
             self._wanted.discard(tp)
-            if await self.publish_pending(tp, recovering=tp not in self._checked):
-                self._checked.add(tp)
+            outcome = await self.publish_pending(tp, recovering=tp not in self._checked)
+            if outcome.unsure:
+                self._checked.discard(tp)
             else:
+                self._checked.add(tp)
+            if not outcome.done:
                 self._wanted.add(tp)
                 await asyncio.sleep(RETRY_S)
 
@@ -134,17 +188,21 @@ class DeadLetterPublisher:
     def enabled(self) -> bool:
         return bool(self.settings.dead_letter_topic)
 
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **self.settings.kafka_options(),
+            client_id=f"{self.settings.client_id}-dlq",
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=request_bytes(self.settings.max_message_bytes),
+            # Fail a send within seconds when the topic is missing, and
+            # retry it later, rather than waiting the default 40 s.
+            request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
+        )
+
     async def start(self) -> None:
         if self.enabled:
-            self._producer = AIOKafkaProducer(
-                **self.settings.kafka_options(),
-                client_id=f"{self.settings.client_id}-dlq",
-                acks="all",
-                enable_idempotence=True,
-                # Fail a send within seconds when the topic is missing, and
-                # retry it later, rather than waiting the default 40 s.
-                request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
-            )
+            self._producer = self._new_producer()
             await self._producer.start()
 
     async def stop(self) -> None:
@@ -153,40 +211,127 @@ class DeadLetterPublisher:
         await asyncio.gather(*self._senders.values(), return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
+        self.conditions.clear_where("")
 
-    async def publish_pending(self, tp: TP, recovering: bool) -> bool:
-        """Send this partition's unmarked dead letters to the topic, then mark
-        them. With `recovering`, first skip those already on the topic.
-        False on failure, which is logged and retried on the next call: the
-        table already holds every dead letter, so nothing waits on the topic."""
+    async def publish_pending(self, tp: TP, recovering: bool) -> Outcome:
+        """Send this partition's unmarked dead letters to the topic, marking
+        each once acknowledged. With `recovering`, first mark those already
+        on the topic instead of sending them. What failed is reported and
+        retried on the next call: the table already holds every dead letter,
+        so nothing waits on the topic."""
+        outcome = Outcome()
         topic = dead_letter_topic(self.settings.dead_letter_topic, tp[0])
-        if topic is None or self._producer is None:
-            return True
+        producer = self._producer
+        if topic is None or producer is None:
+            return outcome
         try:
-            rows = await self._unmarked(tp)
-            if not rows:
-                return True
-            partition = await self._partition_for(topic, tp[1])
-            sent_before = await self._on_topic(topic, partition, rows) if recovering else set()
-            futures = [
-                await self._producer.send(
-                    topic,
-                    row.value,
-                    key=row.key if row.key or row.value else f"{tp[0]}/{row.partition}".encode(),
-                    partition=partition,
-                    headers=headers(row, self.settings.group_id),
-                )
-                for row in rows
-                if row.offset not in sent_before
-            ]
-            for future in futures:
-                await future
-            await self._mark([row.id for row in rows])
+            await self._attempt(producer, topic, tp, recovering, outcome)
+            if outcome.refused:
+                await self._renew(producer)
         except (KafkaError, SQLAlchemyError, OSError) as exc:
-            logger.warning("%s[%d]: dead-letter topic not updated yet: %r", *tp, exc)
-            return False
-        self.published += len(futures)
-        return True
+            outcome.failed(repr(exc), unsure=True)
+        if not outcome.done:
+            self.failed_attempts += 1
+            # The topic may have changed (created, resized, reconfigured).
+            self._targets.pop(topic, None)
+        self.published += outcome.sent
+        self.reduced += outcome.reduced
+        report(self.conditions, tp, topic, outcome)
+        return outcome
+
+    async def _attempt(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tp: TP,
+        recovering: bool,
+        outcome: Outcome,
+    ) -> None:
+        rows = await self._unmarked(tp)
+        if not rows:
+            return
+        target = await self._target(topic)
+        partition = tp[1] % target.partitions
+        if recovering:
+            found = await already_sent(self.settings, topic, partition, rows)
+            await self._mark([row.id for row in rows if row.offset in found])
+            rows = [row for row in rows if row.offset not in found]
+        group = self.settings.group_id
+        pending = []
+        for row in rows:
+            if row.id in self._inflight:  # sent before, no answer yet: not again
+                pending.append((row, *self._inflight[row.id]))
+                continue
+            record = fitted(row, group, target.limit, reduce=row.id in self._reduce)
+            if record is None:
+                outcome.unfit = outcome.unfit or unfit_reason(row, group, topic, target.limit)
+                continue
+            future = await producer.send(
+                topic, record.value, key=record.key, partition=partition, headers=record.headers
+            )
+            self._inflight[row.id] = (record, future)
+            future.add_done_callback(_retrieved)
+            pending.append((row, record, future))
+        await self._acknowledged(tp, pending, outcome)
+
+    async def _acknowledged(
+        self,
+        tp: TP,
+        pending: list[tuple[Row[Any], Outgoing, asyncio.Future[Any]]],
+        outcome: Outcome,
+    ) -> None:
+        """Wait for each send in turn, marking what the broker acknowledged
+        before waiting for an answer still to come. An idempotent producer
+        retries a send until the broker answers, so the wait is bounded, and
+        a send still unanswered is awaited again next time, not repeated."""
+        acked: list[int] = []
+        deadline = asyncio.get_running_loop().time() + SEND_TIMEOUT_S
+        for row, record, future in pending:
+            if acked and not future.done():
+                await self._mark(acked)
+                acked = []
+            try:
+                left_s = max(0.0, deadline - asyncio.get_running_loop().time())
+                await asyncio.wait_for(asyncio.shield(future), left_s)
+            except TimeoutError:
+                outcome.failed(f"no answer within {SEND_TIMEOUT_S:.0f} s", unsure=False)
+                continue
+            except KafkaError as exc:
+                del self._inflight[row.id]
+                if isinstance(exc, TOO_LARGE):
+                    self._reduce.add(row.id)
+                outcome.refused = outcome.refused or isinstance(exc, REFUSED)
+                outcome.failed(f"{exc!r} at offset {row.offset}", not isinstance(exc, REFUSED))
+                continue
+            del self._inflight[row.id]
+            acked.append(row.id)
+            self._reduce.discard(row.id)
+            outcome.sent += 1
+            if record.reduced:
+                outcome.reduced += 1
+                logger.info(
+                    "%s[%d]: dead letter of offset %d sent reduced (its %d bytes are in "
+                    "the dead_letters table)",
+                    *tp,
+                    row.offset,
+                    len(row.value or b""),
+                )
+        if acked:
+            await self._mark(acked)
+
+    async def _renew(self, used: AIOKafkaProducer) -> None:
+        """Replace a producer whose sequence has a gap (see REFUSED)."""
+        if self._producer != used:  # (identity) another sender did already
+            return
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except KafkaError:
+            await fresh.stop()
+            raise
+        self._producer = fresh
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(used.stop(), SEND_TIMEOUT_S)
 
     async def _unmarked(self, tp: TP) -> list[Row[Any]]:
         c = dead_letters.c
@@ -204,46 +349,15 @@ class DeadLetterPublisher:
             return list((await conn.execute(query)).all())
 
     async def _mark(self, ids: list[int]) -> None:
+        if not ids:
+            return
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(dead_letters).where(dead_letters.c.id.in_(ids)).values(published=func.now())
             )
 
-    async def _partition_for(self, topic: str, source_partition: int) -> int:
-        if topic not in self._partitions:
-            self._partitions[topic] = await self._ensure_topic(topic)
-        return source_partition % self._partitions[topic]
-
-    async def _ensure_topic(self, topic: str) -> int:
-        """The topic's partition count, creating it (one partition) if missing."""
-        assert self._producer is not None
-        if await create_topic(self.settings.kafka_options(), topic, partitions=1):
-            logger.info("created dead-letter topic %s", topic)
-        # Waits until the producer's metadata knows the topic.
-        return len(await self._producer.partitions_for(topic))
-
-    async def _on_topic(self, topic: str, partition: int, rows: list[Row[Any]]) -> set[int]:
-        """Offsets of `rows` whose dead-letter record is on the topic already."""
-        since: datetime = min(row.recorded for row in rows) - SCAN_MARGIN
-        group = self.settings.group_id
-        wanted = {(group, row.topic, row.partition, row.offset) for row in rows}
-        ktp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(**self.settings.kafka_options(), enable_auto_commit=False)
-        await consumer.start()
-        found: set[int] = set()
-        try:
-            consumer.assign([ktp])
-            start = (await consumer.offsets_for_times({ktp: int(since.timestamp() * 1000)}))[ktp]
-            end = (await consumer.end_offsets([ktp]))[ktp]
-            if start is None:
-                return found
-            consumer.seek(ktp, start.offset)
-            while await consumer.position(ktp) < end:
-                batch = await consumer.getmany(ktp, timeout_ms=1000)
-                for record in batch.get(ktp, []):
-                    where = origin(record.headers)
-                    if where is not None and where in wanted:
-                        found.add(where[3])
-        finally:
-            await consumer.stop()
-        return found
+    async def _target(self, topic: str) -> Target:
+        if topic not in self._targets:
+            assert self._producer is not None
+            self._targets[topic] = await prepare(self.settings, self._producer, topic)
+        return self._targets[topic]

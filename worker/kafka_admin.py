@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
@@ -97,15 +98,22 @@ class KafkaView:
             await committer.stop()
 
 
-async def create_topic(options: Mapping[str, Any], topic: str, partitions: int) -> bool:
+async def create_topic(
+    options: Mapping[str, Any],
+    topic: str,
+    partitions: int,
+    configs: Mapping[str, str] | None = None,
+) -> bool:
     """Create `topic` unless it exists (True if this call created it), with
-    replication min(3, brokers). aiokafka returns per-topic errors in the
-    response rather than raising them, so they are checked here."""
+    replication min(3, brokers) and the topic `configs` given. aiokafka
+    returns per-topic errors in the response rather than raising them, so
+    they are checked here."""
     admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
-        response = await admin.create_topics([NewTopic(topic, partitions, min(3, brokers))])
+        new = NewTopic(topic, partitions, min(3, brokers), topic_configs=dict(configs or {}))
+        response = await admin.create_topics([new])
     finally:
         await admin.close()
     for _name, code, *_message in response.topic_errors:
@@ -114,3 +122,23 @@ async def create_topic(options: Mapping[str, Any], topic: str, partitions: int) 
         if code != 0:
             raise for_code(code)(f"creating topic {topic}")
     return True
+
+
+async def topic_config(options: Mapping[str, Any], topic: str, name: str) -> str | None:
+    """One setting of `topic` as the broker applies it (its own, or the
+    broker's default); None if the broker does not report it."""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})
+        responses = await admin.describe_configs([resource])
+    finally:
+        await admin.close()
+    for response in responses:
+        for code, _message, _type, _name, entries in response.resources:
+            if code != 0:
+                raise for_code(code)(f"describing topic {topic}")
+            for entry_name, value, *_flags in entries:
+                if entry_name == name:
+                    return str(value)
+    return None

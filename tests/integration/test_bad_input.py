@@ -25,7 +25,7 @@ from tests.integration.support import (
     wait_until,
 )
 from worker.consumer import Persister
-from worker.deadletter import origin
+from worker.dead_letter_records import origin
 from worker.loadgen import make_event, messages
 from worker.stack import StackInfo
 

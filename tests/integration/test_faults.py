@@ -37,7 +37,7 @@ from tests.integration.support import (
 )
 from tests.integration.workers import READY_MARKER, WorkerPool, worker_env
 from worker.consumer import Persister
-from worker.deadletter import origin
+from worker.dead_letter_records import origin
 from worker.loadgen import INVALID_MESSAGES, messages
 from worker.stack import LocalStack, StackInfo
 from worker.storage import create_engine

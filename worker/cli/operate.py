@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -22,7 +23,13 @@ from worker.cli.common import (
     load_settings,
     with_engine,
 )
-from worker.dead_letter_admin import dead_letters_json, list_dead_letters, send_back
+from worker.dead_letter_admin import (
+    SendBackFailed,
+    dead_letters_json,
+    list_dead_letters,
+    oversized,
+    send_back,
+)
 from worker.kafka_admin import KafkaView
 from worker.replay import Move, ReplayRefused, Target, apply, plan
 from worker.services import RetentionTrimmer
@@ -183,7 +190,11 @@ def dlq_replay(
         Path | None, typer.Option(help="Send this fixed value instead (one --id only).")
     ] = None,
 ) -> None:
-    """Send dead letters back to their topic and partition, e.g. after a fix."""
+    """Send dead letters back to their topic and partition, e.g. after a fix.
+
+    Exit codes: 0 sent, 1 Kafka failed (one line), 2 bad arguments or no such
+    id, 3 refused: a value larger than PERSISTER_MAX_MESSAGE_BYTES (nothing is
+    sent), or one its topic refuses as too large (nothing after it is sent)."""
     if value_file is not None and len(ids) != 1:
         raise typer.BadParameter("--value-file goes with exactly one --id")
     value = value_file.read_bytes() if value_file is not None else None
@@ -194,5 +205,25 @@ def dlq_replay(
     if missing:
         typer.echo(f"error: no dead letter with id {', '.join(map(str, missing))}", err=True)
         raise typer.Exit(EXIT_BAD_SETTINGS)
-    sent = asyncio.run(send_back(settings, letters, value))
+    if too_large := oversized(letters, value, settings.max_message_bytes):
+        listed = ", ".join(f"{letter_id} ({size} bytes)" for letter_id, size in too_large)
+        which = f"dead letter {listed} is" if len(too_large) == 1 else f"dead letters {listed} are"
+        typer.echo(
+            f"refused: {which} larger than PERSISTER_MAX_MESSAGE_BYTES="
+            f"{settings.max_message_bytes} and would be dead-lettered again; raise it "
+            "(for the workers too) or send a smaller --value-file",
+            err=True,
+        )
+        raise typer.Exit(EXIT_REFUSED)
+    try:
+        sent = asyncio.run(send_back(settings, letters, value))
+    except SendBackFailed as exc:
+        if exc.too_large:
+            typer.echo(f"refused: {exc}; raise the topic's max.message.bytes", err=True)
+            raise typer.Exit(EXIT_REFUSED) from None
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KafkaError as exc:
+        typer.echo(f"error: cannot send to Kafka: {exc!r}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"sent {sent} dead letters back to their topics")
