@@ -16,12 +16,27 @@ from sqlalchemy.exc import DBAPIError, StatementError
 # SQLSTATE classes (first two characters) and codes.
 # Every other class is retried: 08 connection exception, 40 serialization
 # failure and deadlock, 53 disk full / out of memory / too many connections,
-# 57 admin shutdown / cannot connect now, 58 I/O error, and the unexpected ones
-# (42 undefined table before `migrate`: retry until someone migrates).
+# 57 admin shutdown / cannot connect now, 58 I/O error, XX internal error or
+# corruption, and the unexpected ones (42 undefined table before `migrate`:
+# retry until someone migrates).
 DATA_CLASSES = {
     "22",  # data exception: invalid text, value too long, \u0000 in JSON text, ...
     "23",  # integrity constraint violation: a NOT NULL or CHECK a row breaks
 }
+# Class 54 (program limit exceeded) is split: the statement is always the same,
+# so a limit that depends on it would fail every batch, but these two depend
+# on a row's values. One the whole batch hits (an array or a value grown too
+# large by the batch's size) heals under isolation's halving: only a row the
+# database refuses on its own becomes a dead letter.
+DATA_CODES = {
+    "54000",  # program_limit_exceeded: an index entry larger than a third of a
+    # page (an index the worker does not know about, or a smaller page size),
+    # a row too big, a jsonb value over 256 MB
+    "54001",  # statement_too_complex: "stack depth limit exceeded", parsing a
+    # JSON value nested deeper than the server's max_stack_depth allows
+}
+# Retried: 54011 too_many_columns and 54023 too_many_arguments concern the
+# statement or the schema, never one row.
 MAX_CHAIN = 10
 
 
@@ -52,7 +67,7 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def classify(exc: BaseException) -> ErrorKind:
     code = sqlstate(exc)
-    if code is not None and code[:2] in DATA_CLASSES:
+    if code is not None and (code[:2] in DATA_CLASSES or code in DATA_CODES):
         return ErrorKind.DATA
     if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
         # Raised while binding a row's values, before the database saw them

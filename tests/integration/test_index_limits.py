@@ -1,14 +1,17 @@
 """Values the indexes cannot hold never block a partition: the envelope bounds
-what lands in an index."""
+what lands in an index, and a row PostgreSQL still refuses as too large
+(SQLSTATE 54000) is isolated and dead-lettered."""
 
 from __future__ import annotations
 
 import json
 import random
 import string
+from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE
@@ -36,6 +39,10 @@ def wide(rng: random.Random, n_bytes: int) -> str:
     value = "".join(chars) + "".join(rng.choice(ALPHABET) for _ in range(n_bytes % 4))
     assert len(value.encode()) == n_bytes
     return value
+
+
+def random_ascii(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(n))
 
 
 def event(rng: random.Random, **fields: Any) -> dict[str, Any]:
@@ -147,3 +154,55 @@ async def test_the_largest_values_the_settings_allow_fit_postgresql(
         await wait_persisted(engine, settings.group_id, topic, {0: 2})
 
     assert await counts(engine) == (2, 4, 0)
+
+
+@pytest.fixture
+async def operator_index(engine: AsyncEngine) -> AsyncIterator[str]:
+    """An index the worker does not know about, as an operator adds one for
+    their own queries: the `note` field of the payload."""
+    name = "ix_operator_payload_note"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE INDEX {name} ON events ((payload->>'note'))"))
+    try:
+        yield name
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP INDEX {name}"))
+
+
+def refused_by_the_operator_index(rng: random.Random, note_chars: int) -> dict[str, Any]:
+    """A valid envelope whose payload note that index cannot hold."""
+    row = event(rng)
+    row["payload"]["note"] = random_ascii(rng, note_chars)
+    return row
+
+
+async def test_a_row_postgresql_refuses_as_too_large_is_isolated(
+    stack_info: StackInfo, engine: AsyncEngine, operator_index: str
+) -> None:
+    """SQLSTATE 54000, both forms: a btree entry over 2,704 bytes, and an
+    index row over 8,191 bytes. Each is one dead letter; the rest of the
+    batch is written and the partition moves on."""
+    rng = random.Random(53)
+    topic = unique("too-large")
+    await create_topic(stack_info, topic, 1)
+    settings = settings_for(stack_info, topic, batch_size=1_000, flush_every_s=2)
+    values = [event(rng) for _ in range(100)]
+    values[30] = refused_by_the_operator_index(rng, 3_000)
+    values[70] = refused_by_the_operator_index(rng, 10_000)
+    await send(stack_info, topic, [encode(v) for v in values])
+
+    async with running(Persister(settings, engine)) as persister:
+        await wait_persisted(engine, settings.group_id, topic, {0: 100})
+
+    assert await counts(engine) == (98, 98 * 2, 2)
+    letters = await dead_letter_rows(engine)
+    assert [(offset, error_class) for offset, error_class, _ in letters] == [
+        (30, "DatabaseRejected:ProgramLimitExceededError"),
+        (70, "DatabaseRejected:ProgramLimitExceededError"),
+    ]
+    assert letters[0][2].startswith("SQLSTATE 54000: index row size ")
+    assert operator_index in letters[0][2]
+    assert letters[1][2].startswith("SQLSTATE 54000: index row requires ")
+    assert persister.stats.isolation_attempts > 0
+    assert persister.stats.write_failures == 0

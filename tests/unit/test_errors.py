@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg.exceptions as pg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
@@ -26,6 +27,16 @@ def wrapped(code: str | None, message: str = "boom") -> DBAPIError:
         ("22001", ErrorKind.DATA),  # value too long
         ("22P05", ErrorKind.DATA),  # \u0000 in jsonb
         ("23502", ErrorKind.DATA),  # not null violation
+        ("22021", ErrorKind.DATA),  # character not in repertoire (a NUL in text)
+        ("54000", ErrorKind.DATA),  # program limit exceeded: index entry too large
+        ("54001", ErrorKind.DATA),  # statement too complex: JSON nested too deep
+        ("54011", ErrorKind.TRANSIENT),  # too many columns: the schema, not a row
+        ("54023", ErrorKind.TRANSIENT),  # too many arguments: the statement, not a row
+        ("25006", ErrorKind.TRANSIENT),  # read-only transaction: a standby after failover
+        ("57P03", ErrorKind.TRANSIENT),  # cannot connect now: starting up
+        ("55000", ErrorKind.TRANSIENT),  # database not accepting connections
+        ("57014", ErrorKind.TRANSIENT),  # statement timeout
+        ("XX000", ErrorKind.TRANSIENT),  # internal error
         ("08006", ErrorKind.TRANSIENT),  # connection failure
         ("40001", ErrorKind.TRANSIENT),  # serialization failure
         ("40P01", ErrorKind.TRANSIENT),  # deadlock
@@ -62,6 +73,13 @@ def test_describe_names_the_driver_error_and_its_sqlstate() -> None:
     error_class, message = describe(wrapped("22P05", "unsupported Unicode escape\nDETAIL: more"))
     assert error_class == "DatabaseRejected:DriverError"
     assert message == "SQLSTATE 22P05: unsupported Unicode escape"
+
+
+def test_describe_a_program_limit_as_asyncpg_raises_it() -> None:
+    driver = pg.ProgramLimitExceededError("index row requires 10024 bytes, maximum size is 8191")
+    error_class, message = describe(DBAPIError("INSERT ...", {}, driver))
+    assert error_class == "DatabaseRejected:ProgramLimitExceededError"
+    assert message == "SQLSTATE 54000: index row requires 10024 bytes, maximum size is 8191"
 
 
 def test_health_makes_data_errors_transient_while_the_database_fails() -> None:
