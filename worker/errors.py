@@ -3,8 +3,23 @@
 Pure: reads the SQLSTATE off an exception, decides nothing else. A transient
 error pauses the partition and retries the batch later; a data error means one
 or more rows of the batch will never be accepted, so they are isolated and
-dead-lettered. When unsure, retry: a wrong retry costs time, a wrong dead
-letter loses an event from the table.
+dead-lettered. A data error is one that names a row and will name it again
+whatever the database's state; anything else is retried (a wrong retry of a
+per-row error would block the partition for good, a wrong dead letter of a
+statement-wide error would empty a batch into the dead-letter table).
+
+There is no "the database is failing" switch in front of this, and none is
+needed to keep outages from making dead letters. A data SQLSTATE is the
+database answering: it received the statement, read the row and refused it.
+A database that is down, restarting, in recovery, read-only or out of
+connections never answers that way: its errors are classes 08, 25, 53, 55,
+57, 58 or carry no SQLSTATE at all, and all of those are retried. A value the
+driver cannot bind is refused before the database is involved, whatever its
+state. So a data error is isolated whenever it comes, also on the first write
+after an outage; and dead letters are written in the transaction that isolates
+them, so none exists unless the database committed it. (A switch that retried
+data errors while the last write had failed never turned off for a replica
+whose only partition held such a row: that write failed every time.)
 """
 
 from __future__ import annotations
@@ -86,19 +101,3 @@ def describe(exc: BaseException) -> tuple[str, str]:
     message = (str(inner).strip().splitlines() or [""])[0]
     name = type(inner).__name__
     return (f"DatabaseRejected:{name}", f"SQLSTATE {code}: {message}" if code else message)
-
-
-class DatabaseHealth:
-    """The breaker between data errors and outages: while the last write
-    anywhere failed transiently, the database is suspect and a data error is
-    retried instead of dead-lettered. One successful write closes it."""
-
-    def __init__(self) -> None:
-        self.failing = False
-
-    def record(self, ok: bool) -> None:
-        self.failing = not ok
-
-    def treat_as(self, exc: BaseException) -> ErrorKind:
-        kind = classify(exc)
-        return ErrorKind.TRANSIENT if self.failing else kind

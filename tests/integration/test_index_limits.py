@@ -1,6 +1,6 @@
 """Values the indexes cannot hold never block a partition: the envelope bounds
 what lands in an index, and a row PostgreSQL still refuses as too large
-(SQLSTATE 54000) is isolated and dead-lettered."""
+(SQLSTATE 54000) is isolated and dead-lettered, also right after an outage."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 import random
 import string
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE
@@ -24,10 +26,12 @@ from tests.integration.support import (
     settings_for,
     unique,
     wait_persisted,
+    wait_until,
 )
 from worker.consumer import Persister
 from worker.loadgen import encode, make_event
 from worker.stack import StackInfo
+from worker.storage import create_engine
 
 ALPHABET = string.ascii_letters + string.digits
 
@@ -206,3 +210,66 @@ async def test_a_row_postgresql_refuses_as_too_large_is_isolated(
     assert letters[1][2].startswith("SQLSTATE 54000: index row requires ")
     assert persister.stats.isolation_attempts > 0
     assert persister.stats.write_failures == 0
+
+
+@asynccontextmanager
+async def database_unavailable(database_url: str) -> AsyncIterator[None]:
+    """Until exit, the database drops every open connection and refuses new
+    ones, as while it restarts; the administration runs from the maintenance
+    database."""
+    url = make_url(database_url)
+    admin = create_engine(url.set(database="postgres").render_as_string(False), pool_size=1)
+    async with admin.connect() as conn:
+        quoted = conn.dialect.identifier_preparer.quote(str(url.database))
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": url.database},
+            )
+        yield
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"ALTER DATABASE {quoted} ALLOW_CONNECTIONS true"))
+        await admin.dispose()
+
+
+async def test_a_refused_row_right_after_an_outage_is_isolated(
+    stack_info: StackInfo, engine: AsyncEngine, operator_index: str
+) -> None:
+    """The replica's only partition holds a row PostgreSQL refuses, and its
+    write first fails because the database is unavailable: once the database
+    answers, the row is isolated and the partition reaches its end."""
+    rng = random.Random(54)
+    topic = unique("after-outage")
+    await create_topic(stack_info, topic, 1)
+    settings = settings_for(stack_info, topic)
+    before = [event(rng) for _ in range(10)]
+    after = [event(rng) for _ in range(90)]
+    after[45] = refused_by_the_operator_index(rng, 3_000)
+
+    async with running(Persister(settings, engine)) as persister:
+        await send(stack_info, topic, [encode(v) for v in before])
+        await wait_persisted(engine, settings.group_id, topic, {0: 10})
+
+        async with database_unavailable(stack_info.database_url):
+            await send(stack_info, topic, [encode(v) for v in after])
+
+            async def write_failed() -> bool:
+                return persister.stats.write_failures > 0
+
+            await wait_until(
+                write_failed, 30, "the write to fail while the database is unavailable"
+            )
+
+        await wait_persisted(engine, settings.group_id, topic, {0: 100})
+
+    assert await counts(engine) == (99, 99 * 2, 1)
+    letters = await dead_letter_rows(engine)
+    assert [(offset, error_class) for offset, error_class, _ in letters] == [
+        (55, "DatabaseRejected:ProgramLimitExceededError")
+    ]

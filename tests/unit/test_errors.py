@@ -6,7 +6,7 @@ import asyncpg.exceptions as pg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
-from worker.errors import DatabaseHealth, ErrorKind, classify, describe, sqlstate
+from worker.errors import ErrorKind, classify, describe, sqlstate
 
 
 class DriverError(Exception):
@@ -82,11 +82,47 @@ def test_describe_a_program_limit_as_asyncpg_raises_it() -> None:
     assert message == "SQLSTATE 54000: index row requires 10024 bytes, maximum size is 8191"
 
 
-def test_health_makes_data_errors_transient_while_the_database_fails() -> None:
-    health = DatabaseHealth()
-    data_error = wrapped("22P02")
-    assert health.treat_as(data_error) is ErrorKind.DATA
-    health.record(ok=False)
-    assert health.treat_as(data_error) is ErrorKind.TRANSIENT
-    health.record(ok=True)
-    assert health.treat_as(data_error) is ErrorKind.DATA
+# What asyncpg raises when the database is down, restarting, in recovery or
+# refusing connections: never a data error, so an outage makes no dead letter.
+OUTAGE_ERRORS = [
+    pg.AdminShutdownError,
+    pg.CrashShutdownError,
+    pg.CannotConnectNowError,
+    pg.ConnectionDoesNotExistError,
+    pg.ConnectionFailureError,
+    pg.ConnectionRejectionError,
+    pg.TooManyConnectionsError,
+    pg.ReadOnlySQLTransactionError,
+    pg.DiskFullError,
+    pg.OutOfMemoryError,
+    pg.ObjectNotInPrerequisiteStateError,
+    pg.QueryCanceledError,
+]
+
+
+@pytest.mark.parametrize("error", OUTAGE_ERRORS, ids=lambda e: e.__name__)
+def test_what_an_outage_raises_is_retried(error: type[Exception]) -> None:
+    assert classify(DBAPIError("INSERT ...", {}, error("gone"))) is ErrorKind.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pg.ProgramLimitExceededError,
+        pg.StatementTooComplexError,
+        pg.UntranslatableCharacterError,
+        pg.CharacterNotInRepertoireError,
+        pg.NotNullViolationError,
+        pg.CheckViolationError,
+    ],
+    ids=lambda e: e.__name__,
+)
+def test_a_row_the_database_refuses_is_a_data_error_whatever_came_before(
+    error: type[Exception],
+) -> None:
+    """Classification has no memory: the same refusal right after a run of
+    outage errors is still isolated, so a partition holding such a row moves
+    on as soon as the database answers."""
+    for outage in OUTAGE_ERRORS:
+        classify(DBAPIError("INSERT ...", {}, outage("gone")))
+    assert classify(DBAPIError("INSERT ...", {}, error("refused"))) is ErrorKind.DATA
