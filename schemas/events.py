@@ -1,8 +1,9 @@
 """The event envelope (Prefect's), validated straight from the message bytes.
 
-Limits that are settings (related count, label count, the naive-timestamp rule)
-come in through the validation context, so one model serves every
-configuration: ``Event.model_validate_json(raw, context=limits)``.
+Limits that are settings (related count, label count, resource id bytes, the
+naive-timestamp rule) come in through the validation context, so one model
+serves every configuration: ``Event.model_validate_json(raw, context=limits)``.
+Values that land in an index are bounded in UTF-8 bytes (see `schemas.limits`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.limits import (
+    DEFAULT_MAX_RESOURCE_ID_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_EVENT_NAME_CHARS,
+    MAX_ROLE_BYTES,
+    utf8_length,
+)
+
 RESOURCE_ID = "prefect.resource.id"
 RESOURCE_ROLE = "prefect.resource.role"
 
@@ -20,20 +29,31 @@ DEFAULT_MAX_RELATED = 100
 DEFAULT_MAX_LABELS = 500
 
 
-def _limit(info: ValidationInfo, name: str, default: Any) -> Any:
-    if info.context is None:
-        return default
-    return getattr(info.context, name, default)
+def _limit(context: Any, name: str, default: Any) -> Any:
+    return default if context is None else getattr(context, name, default)
 
 
-def _check_labels(labels: dict[str, str], max_labels: int, what: str | int) -> None:
-    """`what`: "resource", or the index of a related resource (its name is
-    only built for an error message: this runs for every label set)."""
-    if len(labels) > max_labels or not labels.get(RESOURCE_ID):
+def _check_labels(
+    labels: dict[str, str], max_labels: int, max_id_bytes: int, what: str | int
+) -> None:
+    """`what`: "resource", or the index of a related resource. The common case
+    costs three comparisons: this runs for every label set."""
+    resource_id = labels.get(RESOURCE_ID)
+    # Up to a quarter of the bytes limit in characters always fits (at most
+    # 4 bytes each); only a longer id is measured.
+    if len(labels) > max_labels or not resource_id or len(resource_id) * 4 > max_id_bytes:
         name = what if isinstance(what, str) else f"related[{what}]"
         if len(labels) > max_labels:
             raise ValueError(f"{name} has {len(labels)} labels, more than {max_labels}")
-        raise ValueError(f"{name} needs a non-empty {RESOURCE_ID!r} label")
+        if not resource_id:
+            raise ValueError(f"{name} needs a non-empty {RESOURCE_ID!r} label")
+        _check_bytes(f"{name} {RESOURCE_ID!r}", resource_id, max_id_bytes)
+
+
+def _check_bytes(name: str, text: str, max_bytes: int) -> None:
+    size = utf8_length(text)
+    if size > max_bytes:
+        raise ValueError(f"{name} is {size} bytes in UTF-8, more than {max_bytes}")
 
 
 class Event(BaseModel):
@@ -47,7 +67,7 @@ class Event(BaseModel):
 
     id: UUID
     occurred: datetime
-    event: str = Field(min_length=1, max_length=1024)
+    event: str = Field(min_length=1, max_length=MAX_EVENT_NAME_CHARS)
     resource: dict[str, str]
     related: list[dict[str, str]] = Field(default_factory=list)
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -63,28 +83,45 @@ class Event(BaseModel):
         # compares equal everywhere (pydantic hands back its own tzinfo class).
         offset = value.utcoffset()
         if offset is None:
-            if _limit(info, "naive_timestamps", "utc") == "reject":
+            if _limit(info.context, "naive_timestamps", "utc") == "reject":
                 raise ValueError("timestamp has no time zone")
             return value.replace(tzinfo=UTC)
         return value.replace(tzinfo=UTC) if not offset else value.astimezone(UTC)
 
+    @field_validator("event")
+    @classmethod
+    def _event_bytes(cls, value: str) -> str:
+        if len(value) * 4 > MAX_EVENT_NAME_BYTES:
+            _check_bytes("event name", value, MAX_EVENT_NAME_BYTES)
+        return value
+
     @field_validator("resource")
     @classmethod
     def _resource(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        _check_labels(value, _limit(info, "max_labels", DEFAULT_MAX_LABELS), "resource")
+        limits = info.context
+        max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
+        max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
+        _check_labels(value, max_labels, max_id_bytes, "resource")
         return value
 
     @field_validator("related")
     @classmethod
     def _related(cls, value: list[dict[str, str]], info: ValidationInfo) -> list[dict[str, str]]:
-        max_related = _limit(info, "max_related", DEFAULT_MAX_RELATED)
+        if not value:
+            return value
+        limits = info.context
+        max_related = _limit(limits, "max_related", DEFAULT_MAX_RELATED)
         if len(value) > max_related:
             raise ValueError(f"{len(value)} related resources, more than {max_related}")
-        max_labels = _limit(info, "max_labels", DEFAULT_MAX_LABELS)
+        max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
+        max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
         for i, labels in enumerate(value):
-            _check_labels(labels, max_labels, i)
-            if not labels.get(RESOURCE_ROLE):
-                raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
+            _check_labels(labels, max_labels, max_id_bytes, i)
+            role = labels.get(RESOURCE_ROLE)
+            if not role or len(role) * 4 > MAX_ROLE_BYTES:
+                if not role:
+                    raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
+                _check_bytes(f"related[{i}] {RESOURCE_ROLE!r}", role, MAX_ROLE_BYTES)
         return value
 
     @property

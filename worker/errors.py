@@ -3,8 +3,23 @@
 Pure: reads the SQLSTATE off an exception, decides nothing else. A transient
 error pauses the partition and retries the batch later; a data error means one
 or more rows of the batch will never be accepted, so they are isolated and
-dead-lettered. When unsure, retry: a wrong retry costs time, a wrong dead
-letter loses an event from the table.
+dead-lettered. A data error is one that names a row and will name it again
+whatever the database's state; anything else is retried (a wrong retry of a
+per-row error would block the partition for good, a wrong dead letter of a
+statement-wide error would empty a batch into the dead-letter table).
+
+There is no "the database is failing" switch in front of this, and none is
+needed to keep outages from making dead letters. A data SQLSTATE is the
+database answering: it received the statement, read the row and refused it.
+A database that is down, restarting, in recovery, read-only or out of
+connections never answers that way: its errors are classes 08, 25, 53, 55,
+57, 58 or carry no SQLSTATE at all, and all of those are retried. A value the
+driver cannot bind is refused before the database is involved, whatever its
+state. So a data error is isolated whenever it comes, also on the first write
+after an outage; and dead letters are written in the transaction that isolates
+them, so none exists unless the database committed it. (A switch that retried
+data errors while the last write had failed never turned off for a replica
+whose only partition held such a row: that write failed every time.)
 """
 
 from __future__ import annotations
@@ -16,12 +31,27 @@ from sqlalchemy.exc import DBAPIError, StatementError
 # SQLSTATE classes (first two characters) and codes.
 # Every other class is retried: 08 connection exception, 40 serialization
 # failure and deadlock, 53 disk full / out of memory / too many connections,
-# 57 admin shutdown / cannot connect now, 58 I/O error, and the unexpected ones
-# (42 undefined table before `migrate`: retry until someone migrates).
+# 57 admin shutdown / cannot connect now, 58 I/O error, XX internal error or
+# corruption, and the unexpected ones (42 undefined table before `migrate`:
+# retry until someone migrates).
 DATA_CLASSES = {
     "22",  # data exception: invalid text, value too long, \u0000 in JSON text, ...
     "23",  # integrity constraint violation: a NOT NULL or CHECK a row breaks
 }
+# Class 54 (program limit exceeded) is split: the statement is always the same,
+# so a limit that depends on it would fail every batch, but these two depend
+# on a row's values. One the whole batch hits (an array or a value grown too
+# large by the batch's size) heals under isolation's halving: only a row the
+# database refuses on its own becomes a dead letter.
+DATA_CODES = {
+    "54000",  # program_limit_exceeded: an index entry larger than a third of a
+    # page (an index the worker does not know about, or a smaller page size),
+    # a row too big, a jsonb value over 256 MB
+    "54001",  # statement_too_complex: "stack depth limit exceeded", parsing a
+    # JSON value nested deeper than the server's max_stack_depth allows
+}
+# Retried: 54011 too_many_columns and 54023 too_many_arguments concern the
+# statement or the schema, never one row.
 MAX_CHAIN = 10
 
 
@@ -52,7 +82,7 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def classify(exc: BaseException) -> ErrorKind:
     code = sqlstate(exc)
-    if code is not None and code[:2] in DATA_CLASSES:
+    if code is not None and (code[:2] in DATA_CLASSES or code in DATA_CODES):
         return ErrorKind.DATA
     if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
         # Raised while binding a row's values, before the database saw them
@@ -71,19 +101,3 @@ def describe(exc: BaseException) -> tuple[str, str]:
     message = (str(inner).strip().splitlines() or [""])[0]
     name = type(inner).__name__
     return (f"DatabaseRejected:{name}", f"SQLSTATE {code}: {message}" if code else message)
-
-
-class DatabaseHealth:
-    """The breaker between data errors and outages: while the last write
-    anywhere failed transiently, the database is suspect and a data error is
-    retried instead of dead-lettered. One successful write closes it."""
-
-    def __init__(self) -> None:
-        self.failing = False
-
-    def record(self, ok: bool) -> None:
-        self.failing = not ok
-
-    def treat_as(self, exc: BaseException) -> ErrorKind:
-        kind = classify(exc)
-        return ErrorKind.TRANSIENT if self.failing else kind

@@ -23,6 +23,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from schemas.limits import (
+    DEFAULT_MAX_RESOURCE_ID_BYTES,
+    MAX_GROUP_ID_BYTES,
+    MAX_RESOURCE_ID_BYTES_CAP,
+    utf8_length,
+)
+
 ENV_PREFIX = "PERSISTER_"
 SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
 
@@ -72,6 +79,7 @@ class Limits(BaseModel):
     model_config = ConfigDict(frozen=True)
     max_related: int = 100
     max_labels: int = 500
+    max_resource_id_bytes: int = DEFAULT_MAX_RESOURCE_ID_BYTES
     naive_timestamps: Literal["utc", "reject"] = "utc"
 
 
@@ -129,6 +137,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_572_864, ge=1024)
     max_related: int = Field(100, ge=0)
     max_labels: int = Field(500, ge=1)
+    # Capped at what an index entry holds beside a role (see schemas.limits).
+    max_resource_id_bytes: int = Field(
+        DEFAULT_MAX_RESOURCE_ID_BYTES, ge=1, le=MAX_RESOURCE_ID_BYTES_CAP
+    )
     naive_timestamps: Literal["utc", "reject"] = "utc"
 
     # "<topic>" stands for the source topic; empty switches the topic off
@@ -157,6 +169,14 @@ class Settings(BaseSettings):
     def _split_topics(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("group_id")
+    @classmethod
+    def _indexable_group_id(cls, value: str) -> str:
+        # Part of the keys of consumer_offsets and dead_letters.
+        if not value or utf8_length(value) > MAX_GROUP_ID_BYTES:
+            raise ValueError(f"must be 1 to {MAX_GROUP_ID_BYTES} bytes in UTF-8")
         return value
 
     @field_validator("database_url")
@@ -209,6 +229,7 @@ class Settings(BaseSettings):
         return Limits(
             max_related=self.max_related,
             max_labels=self.max_labels,
+            max_resource_id_bytes=self.max_resource_id_bytes,
             naive_timestamps=self.naive_timestamps,
         )
 

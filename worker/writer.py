@@ -2,8 +2,9 @@
 what a failure means:
 
 - `FenceError` (raised): another worker owns the partition now;
-- rows the database rejects as data errors: the batch is written again with
-  those rows isolated and dead-lettered, unless the database is suspect;
+- rows the database rejects as data errors (see `worker.errors`, also right
+  after a failed write): the batch is written again with those rows isolated
+  and dead-lettered;
 - anything else (raised): the database is unwell, retry later.
 """
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.batching import Record
 from worker.decoding import Rows, to_rows
-from worker.errors import DatabaseHealth, ErrorKind, describe
+from worker.errors import ErrorKind, classify, describe
 from worker.settings import Settings
 from worker.storage import Written, write_batch
 
@@ -30,7 +31,6 @@ class BatchWriter:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.health = DatabaseHealth()
         # At most one transaction per pooled connection; others wait here
         # rather than in the pool, where they would time out.
         self._slots = asyncio.Semaphore(settings.database_pool_size)
@@ -45,13 +45,7 @@ class BatchWriter:
         if next_offset is None:
             next_offset = batch[-1].offset + 1
         async with self._slots:
-            try:
-                written = await self._write_rows(tp, expected, next_offset, rows)
-            except (SQLAlchemyError, OSError):
-                self.health.record(ok=False)
-                raise
-        self.health.record(ok=True)
-        return written
+            return await self._write_rows(tp, expected, next_offset, rows)
 
     async def _write_rows(
         self, tp: TP, expected: int | None, next_offset: int, rows: Rows
@@ -60,7 +54,7 @@ class BatchWriter:
         try:
             return await write_batch(self.engine, group, tp, expected, next_offset, rows)
         except SQLAlchemyError as exc:
-            if self.health.treat_as(exc) is not ErrorKind.DATA:
+            if classify(exc) is not ErrorKind.DATA:
                 raise
             code, message = describe(exc)
             logger.warning(

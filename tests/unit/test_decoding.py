@@ -158,6 +158,17 @@ def test_decode_applies_the_limits() -> None:
     )
 
 
+def test_decode_applies_the_resource_id_limit_in_bytes() -> None:
+    value = raw(resource={RESOURCE_ID: "é" * 600})
+    assert isinstance(decode(record(value), Limits(max_resource_id_bytes=1200), MAX), Event)
+    result = rejection(value, Limits(max_resource_id_bytes=1199))
+    assert (result.error_class, result.error) == (
+        "InvalidEnvelope",
+        "resource: Value error, resource 'prefect.resource.id' is 1200 bytes in UTF-8,"
+        " more than 1199",
+    )
+
+
 def test_decode_applies_the_naive_timestamp_rule() -> None:
     value = raw(occurred="2026-01-02T03:04:05")
     event = decode(record(value), LIMITS, MAX)

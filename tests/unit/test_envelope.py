@@ -114,6 +114,27 @@ def test_event_name_length_counts_characters_not_bytes() -> None:
     assert validate(envelope(event="é" * 1024)).event == "é" * 1024
 
 
+# 4-byte characters (an emoji each), the worst case for an index entry.
+WIDE = "\U0001f600"
+
+
+def test_event_name_of_2048_bytes_is_accepted() -> None:
+    name = WIDE * 511 + "abcd"
+    assert validate(envelope(event=name)).event == name
+
+
+def test_event_name_of_2049_bytes_is_rejected() -> None:
+    assert rejected(envelope(event=WIDE * 511 + "abcde")) == value_error(
+        "event", "event name is 2049 bytes in UTF-8, more than 2048"
+    )
+
+
+def test_event_name_of_1024_three_byte_characters_is_rejected() -> None:
+    assert rejected(envelope(event="€" * 1024)) == value_error(
+        "event", "event name is 3072 bytes in UTF-8, more than 2048"
+    )
+
+
 def test_missing_event_name_is_rejected() -> None:
     data = envelope()
     del data["event"]
@@ -137,6 +158,69 @@ def test_resource_with_empty_resource_id_is_rejected() -> None:
 
 def test_resource_with_resource_id_is_accepted() -> None:
     assert validate(envelope(resource={RESOURCE_ID: "x", "name": "y"})).resource_id == "x"
+
+
+def test_resource_id_of_1024_bytes_is_accepted_by_default() -> None:
+    resource_id = WIDE * 255 + "abcd"
+    assert validate(envelope(resource={RESOURCE_ID: resource_id})).resource_id == resource_id
+
+
+def test_resource_id_of_1025_bytes_is_rejected_by_default() -> None:
+    assert rejected(envelope(resource={RESOURCE_ID: WIDE * 255 + "abcde"})) == value_error(
+        "resource", "resource 'prefect.resource.id' is 1025 bytes in UTF-8, more than 1024"
+    )
+
+
+def test_resource_id_of_1025_ascii_characters_is_rejected() -> None:
+    assert rejected(envelope(resource={RESOURCE_ID: "r" * 1025})) == value_error(
+        "resource", "resource 'prefect.resource.id' is 1025 bytes in UTF-8, more than 1024"
+    )
+
+
+def test_resource_id_of_256_wide_characters_is_accepted_without_being_measured() -> None:
+    # 256 characters can never be more than 1024 bytes.
+    assert validate(envelope(resource={RESOURCE_ID: WIDE * 256})).resource_id == WIDE * 256
+
+
+def test_custom_resource_id_limit_accepts_up_to_it_and_rejects_one_byte_more() -> None:
+    limits = Limits(max_resource_id_bytes=2048)
+    assert validate(envelope(resource={RESOURCE_ID: "r" * 2048}), limits).resource_id == "r" * 2048
+    assert rejected(envelope(resource={RESOURCE_ID: "r" * 2049}), limits) == value_error(
+        "resource", "resource 'prefect.resource.id' is 2049 bytes in UTF-8, more than 2048"
+    )
+
+
+def test_related_resource_id_is_bounded_like_the_primary_one() -> None:
+    ok = [{RESOURCE_ID: "r", RESOURCE_ROLE: "tag"}, {RESOURCE_ID: "r" * 1024, RESOURCE_ROLE: "tag"}]
+    assert validate(envelope(related=ok)).related == ok
+    too_long = [*ok, {RESOURCE_ID: WIDE * 256 + "x", RESOURCE_ROLE: "tag"}]
+    assert rejected(envelope(related=too_long)) == value_error(
+        "related", "related[2] 'prefect.resource.id' is 1025 bytes in UTF-8, more than 1024"
+    )
+
+
+def test_related_role_of_256_bytes_is_accepted() -> None:
+    item = {RESOURCE_ID: "r", RESOURCE_ROLE: WIDE * 63 + "abcd"}
+    assert validate(envelope(related=[item])).related == [item]
+
+
+def test_related_role_of_257_bytes_is_rejected() -> None:
+    item = {RESOURCE_ID: "r", RESOURCE_ROLE: WIDE * 63 + "abcde"}
+    assert rejected(envelope(related=[item])) == value_error(
+        "related", "related[0] 'prefect.resource.role' is 257 bytes in UTF-8, more than 256"
+    )
+
+
+def test_labels_that_no_index_holds_are_not_bounded_in_size() -> None:
+    """Prefect's own flow-run state events carry the state message as a label
+    of up to 100,000 characters; only the id and the role are indexed."""
+    message = "Flow run failed: " + "traceback line\n" * 6_000
+    key = "k" * 5_000
+    resource = {RESOURCE_ID: "r", "prefect.state-message": message, key: "v"}
+    related = [{RESOURCE_ID: "r", RESOURCE_ROLE: "flow", "prefect.resource.name": message}]
+    event = validate(envelope(resource=resource, related=related))
+    assert event.resource == resource
+    assert event.related == related
 
 
 def test_missing_resource_is_rejected() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncpg.exceptions as pg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
-from worker.errors import DatabaseHealth, ErrorKind, classify, describe, sqlstate
+from worker.errors import ErrorKind, classify, describe, sqlstate
 
 
 class DriverError(Exception):
@@ -26,6 +27,16 @@ def wrapped(code: str | None, message: str = "boom") -> DBAPIError:
         ("22001", ErrorKind.DATA),  # value too long
         ("22P05", ErrorKind.DATA),  # \u0000 in jsonb
         ("23502", ErrorKind.DATA),  # not null violation
+        ("22021", ErrorKind.DATA),  # character not in repertoire (a NUL in text)
+        ("54000", ErrorKind.DATA),  # program limit exceeded: index entry too large
+        ("54001", ErrorKind.DATA),  # statement too complex: JSON nested too deep
+        ("54011", ErrorKind.TRANSIENT),  # too many columns: the schema, not a row
+        ("54023", ErrorKind.TRANSIENT),  # too many arguments: the statement, not a row
+        ("25006", ErrorKind.TRANSIENT),  # read-only transaction: a standby after failover
+        ("57P03", ErrorKind.TRANSIENT),  # cannot connect now: starting up
+        ("55000", ErrorKind.TRANSIENT),  # database not accepting connections
+        ("57014", ErrorKind.TRANSIENT),  # statement timeout
+        ("XX000", ErrorKind.TRANSIENT),  # internal error
         ("08006", ErrorKind.TRANSIENT),  # connection failure
         ("40001", ErrorKind.TRANSIENT),  # serialization failure
         ("40P01", ErrorKind.TRANSIENT),  # deadlock
@@ -64,11 +75,54 @@ def test_describe_names_the_driver_error_and_its_sqlstate() -> None:
     assert message == "SQLSTATE 22P05: unsupported Unicode escape"
 
 
-def test_health_makes_data_errors_transient_while_the_database_fails() -> None:
-    health = DatabaseHealth()
-    data_error = wrapped("22P02")
-    assert health.treat_as(data_error) is ErrorKind.DATA
-    health.record(ok=False)
-    assert health.treat_as(data_error) is ErrorKind.TRANSIENT
-    health.record(ok=True)
-    assert health.treat_as(data_error) is ErrorKind.DATA
+def test_describe_a_program_limit_as_asyncpg_raises_it() -> None:
+    driver = pg.ProgramLimitExceededError("index row requires 10024 bytes, maximum size is 8191")
+    error_class, message = describe(DBAPIError("INSERT ...", {}, driver))
+    assert error_class == "DatabaseRejected:ProgramLimitExceededError"
+    assert message == "SQLSTATE 54000: index row requires 10024 bytes, maximum size is 8191"
+
+
+# What asyncpg raises when the database is down, restarting, in recovery or
+# refusing connections: never a data error, so an outage makes no dead letter.
+OUTAGE_ERRORS = [
+    pg.AdminShutdownError,
+    pg.CrashShutdownError,
+    pg.CannotConnectNowError,
+    pg.ConnectionDoesNotExistError,
+    pg.ConnectionFailureError,
+    pg.ConnectionRejectionError,
+    pg.TooManyConnectionsError,
+    pg.ReadOnlySQLTransactionError,
+    pg.DiskFullError,
+    pg.OutOfMemoryError,
+    pg.ObjectNotInPrerequisiteStateError,
+    pg.QueryCanceledError,
+]
+
+
+@pytest.mark.parametrize("error", OUTAGE_ERRORS, ids=lambda e: e.__name__)
+def test_what_an_outage_raises_is_retried(error: type[Exception]) -> None:
+    assert classify(DBAPIError("INSERT ...", {}, error("gone"))) is ErrorKind.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pg.ProgramLimitExceededError,
+        pg.StatementTooComplexError,
+        pg.UntranslatableCharacterError,
+        pg.CharacterNotInRepertoireError,
+        pg.NotNullViolationError,
+        pg.CheckViolationError,
+    ],
+    ids=lambda e: e.__name__,
+)
+def test_a_row_the_database_refuses_is_a_data_error_whatever_came_before(
+    error: type[Exception],
+) -> None:
+    """Classification has no memory: the same refusal right after a run of
+    outage errors is still isolated, so a partition holding such a row moves
+    on as soon as the database answers."""
+    for outage in OUTAGE_ERRORS:
+        classify(DBAPIError("INSERT ...", {}, outage("gone")))
+    assert classify(DBAPIError("INSERT ...", {}, error("refused"))) is ErrorKind.DATA

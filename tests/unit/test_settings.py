@@ -70,6 +70,7 @@ def test_defaults_validate(secrets: Path) -> None:
     assert s.max_message_bytes == 1_572_864
     assert s.max_related == 100
     assert s.max_labels == 500
+    assert s.max_resource_id_bytes == 1024
     assert s.naive_timestamps == "utc"
     assert s.shutdown_grace_s == 30.0
     assert s.rebalance_flush_timeout_s == 10.0
@@ -82,8 +83,12 @@ def test_defaults_validate_without_an_explicit_secrets_dir() -> None:
 
 
 def test_limits_come_from_the_settings(secrets: Path) -> None:
-    s = load(secrets, max_related=3, max_labels=7, naive_timestamps="reject")
-    assert s.limits == Limits(max_related=3, max_labels=7, naive_timestamps="reject")
+    s = load(
+        secrets, max_related=3, max_labels=7, max_resource_id_bytes=99, naive_timestamps="reject"
+    )
+    assert s.limits == Limits(
+        max_related=3, max_labels=7, max_resource_id_bytes=99, naive_timestamps="reject"
+    )
 
 
 def test_default_limits_match_the_limits_defaults(secrets: Path) -> None:
@@ -269,6 +274,47 @@ def test_batch_size_0_from_the_environment_is_rejected(
 def test_flush_every_s_0_is_rejected(secrets: Path) -> None:
     assert errors(secrets, flush_every_s=0) == [
         (("flush_every_s",), "greater_than", "Input should be greater than 0")
+    ]
+
+
+def test_max_resource_id_bytes_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, secrets: Path
+) -> None:
+    monkeypatch.setenv("PERSISTER_MAX_RESOURCE_ID_BYTES", "2000")
+    assert load(secrets).limits.max_resource_id_bytes == 2000
+
+
+def test_max_resource_id_bytes_up_to_what_an_index_entry_holds_is_accepted(secrets: Path) -> None:
+    assert load(secrets, max_resource_id_bytes=2048).max_resource_id_bytes == 2048
+
+
+def test_max_resource_id_bytes_beyond_what_an_index_entry_holds_is_rejected(
+    secrets: Path,
+) -> None:
+    assert errors(secrets, max_resource_id_bytes=2049) == [
+        (
+            ("max_resource_id_bytes",),
+            "less_than_equal",
+            "Input should be less than or equal to 2048",
+        )
+    ]
+
+
+def test_max_resource_id_bytes_0_is_rejected(secrets: Path) -> None:
+    assert [e[:2] for e in errors(secrets, max_resource_id_bytes=0)] == [
+        (("max_resource_id_bytes",), "greater_than_equal")
+    ]
+
+
+def test_group_id_of_1024_bytes_is_accepted(secrets: Path) -> None:
+    group = "\U0001f600" * 256
+    assert load(secrets, group_id=group).group_id == group
+
+
+@pytest.mark.parametrize("group", ["", "g" * 1025, "\U0001f600" * 256 + "g"])
+def test_group_id_that_an_index_entry_cannot_hold_is_rejected(secrets: Path, group: str) -> None:
+    assert errors(secrets, group_id=group) == [
+        (("group_id",), "value_error", "Value error, must be 1 to 1024 bytes in UTF-8")
     ]
 
 
