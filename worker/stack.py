@@ -34,6 +34,7 @@ SERVER_PROPERTIES = Path(__file__).with_name("kafka_server.properties")
 STATE_FILE = "stack.json"
 START_DEADLINE_S = 60.0
 KAFKA_STOP_GRACE_S = 10.0
+PG_STOP_DEADLINE_S = 30.0
 DATABASE = "events"
 SASL_USER = "persister"
 SASL_PASSWORD = "local-stack-only"
@@ -381,6 +382,21 @@ class LocalStack:
         log.info("stopping PostgreSQL")
         args = ["-D", str(self._pgdata), "-m", "fast", "-w", "-t", "60", "stop"]
         self._pg("pg_ctl", *args, what="PostgreSQL did not stop")
+        # pg_ctl returns once the pid file is gone, a moment before the
+        # postmaster exits and closes its socket: a start on the same port
+        # right away would find it taken.
+        port = self._ports.get("postgres")
+        deadline = time.monotonic() + PG_STOP_DEADLINE_S
+        while port and _accepts("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
 
 
 def stack_up(state_dir: Path, database_url: str | None) -> StackInfo:

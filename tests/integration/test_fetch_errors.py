@@ -50,8 +50,11 @@ def sample(name: str, labels: dict[str, str]) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+def said_once(caplog: pytest.LogCaptureFixture, text: str, level: str = "ERROR") -> str:
+    """The one log line containing `text`, checked to be at `level`."""
+    said = [r for r in caplog.records if text in r.getMessage()]
+    assert [r.levelname for r in said] == [level], [r.getMessage() for r in said]
+    return said[0].getMessage()
 
 
 async def send_snappy(info: StackInfo, topic: str, batch: list[bytes]) -> None:
@@ -128,20 +131,14 @@ async def test_an_unreadable_batch_stops_its_partition_loudly_and_others_flow(
 
             await wait_until(retried_a_few_times, 30, "the partition to be retried")
             assert await stored_offsets(engine, settings.group_id, topic) == {0: 50, 1: 100}
-            stopped = lines(caplog, f"{topic}[0]: cannot read the records at offset 50")
-            assert len(stopped) == 1, stopped
-            assert [r.levelname for r in caplog.records if r.getMessage() == stopped[0]] == [
-                "ERROR"
-            ]
+            stopped = said_once(caplog, f"{topic}[0]: cannot read the records at offset 50")
             problems = await readiness_problems(engine, expect_persister=True)
-            assert [p for p in problems if f"{topic}[0]" in p] == stopped
+            assert [p for p in problems if f"{topic}[0]" in p] == [stopped]
             assert sample("persister_conditions", {"kind": "fetch"}) == 1
 
             fix()  # the batch can be read again (a new leader, a library installed)
             await wait_persisted(engine, settings.group_id, topic, ends)
-            assert lines(caplog, f"{topic}[0]: reading again at offset 50") == [
-                f"{topic}[0]: reading again at offset 50"
-            ]
+            said_once(caplog, f"{topic}[0]: reading again at offset 50", "INFO")
             problems = await readiness_problems(engine, expect_persister=True)
             assert not [p for p in problems if topic in p]
             assert sample("persister_conditions", {"kind": "fetch"}) == 0
@@ -183,11 +180,9 @@ async def test_a_topic_recreated_under_a_running_worker_is_read_again_from_its_s
             await wait_until(caught_up, 10, "the reset condition to clear")
 
     assert await count(engine, events) == 130
-    said = lines(caplog, f"{topic}[0]: stored offset 100 is past the log end")
-    assert len(said) == 1, said
-    assert [r.levelname for r in caplog.records if r.getMessage() == said[0]] == ["ERROR"]
+    said_once(caplog, f"{topic}[0]: stored offset 100 is past the log end")
     assert sample("persister_offset_resets_total", {"reason": "past_end"}) == resets_before + 1
-    assert len(lines(caplog, f"{topic}[0]: caught up after the reset")) == 1
+    said_once(caplog, f"{topic}[0]: caught up after the reset", "INFO")
 
 
 async def test_records_deleted_before_they_were_stored_are_counted_at_error(
@@ -215,7 +210,5 @@ async def test_records_deleted_before_they_were_stored_are_counted_at_error(
             await wait_persisted(engine, settings.group_id, topic, {0: 100})
 
     assert await count(engine, events) == 20 + 40
-    said = lines(caplog, f"{topic}[0]: 40 records (20..59) were deleted from Kafka")
-    assert len(said) == 1, said
-    assert [r.levelname for r in caplog.records if r.getMessage() == said[0]] == ["ERROR"]
+    said_once(caplog, f"{topic}[0]: 40 records (20..59) were deleted from Kafka")
     assert sample("persister_offset_resets_total", {"reason": "before_start"}) == resets_before + 1
