@@ -326,6 +326,13 @@ class LocalStack:
         cmd = [_pg_bin(args[0]), *args[1:]]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            # The postgres user must reach the directory, e.g. through
+            # pytest's 0700 dirs (which another pytest run may reset).
+            for parent in self._pg_dir.parents:
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    log.info("allowing other users to traverse %s for PostgreSQL", parent)
+                    parent.chmod(mode | stat.S_IXOTH)
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if what and done.returncode != 0:
             pg_log = _tail(self._pg_dir / "postgres.log")
@@ -366,12 +373,6 @@ class LocalStack:
             shutil.chown(self._pg_dir, "postgres", "postgres")
             for path in self._pg_dir.iterdir():
                 shutil.chown(path, "postgres", "postgres")
-            # The postgres user must reach the directory, e.g. through pytest's 0700 dirs.
-            for parent in self._pg_dir.parents:
-                mode = parent.stat().st_mode
-                if not mode & stat.S_IXOTH:
-                    log.info("allowing other users to traverse %s for PostgreSQL", parent)
-                    parent.chmod(mode | stat.S_IXOTH)
         args = ["-D", str(self._pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
         args.append("--no-sync")  # only initdb's own writes; the server keeps fsync on
         self._pg("initdb", *args, what="initdb failed")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -63,9 +65,17 @@ def refuses_connections(address: str) -> bool:
     return False
 
 
-def test_local_stack_starts_restarts_kafka_and_stops(tmp_path: Path) -> None:
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """Outside pytest's own temporary directories, which it keeps closed to
+    other users: PostgreSQL runs as its own user."""
+    with tempfile.TemporaryDirectory(prefix="persister-stack-test-") as tmp:
+        yield Path(tmp)
+
+
+def test_local_stack_starts_restarts_kafka_and_stops(stack_dir: Path) -> None:
     # database_url=None: a real PostgreSQL cluster even when DATABASE_URL is set.
-    stack = LocalStack(tmp_path / "stack", database_url=None)
+    stack = LocalStack(stack_dir / "stack", database_url=None)
     try:
         info = stack.start()
         assert asyncio.run(select_one(info.database_url)) == 1
