@@ -248,7 +248,7 @@ class LocalStack:
         props = self._write_kafka_config()
         if not (self._kafka_dir / "data" / "meta.properties").exists():
             shutil.rmtree(self._kafka_dir / "data", ignore_errors=True)
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             fmt = [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", props]
             done = subprocess.run(fmt, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -390,6 +390,16 @@ class LocalStack:
         deadline = time.monotonic() + PG_STOP_DEADLINE_S
         while port and _accepts("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (a UUID in URL-safe base64), never starting
+    with "-": the storage tool would read that as an option, as Kafka's own
+    id generator knows."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _accepts(host: str, port: int) -> bool:
