@@ -6,7 +6,13 @@ BIN := $(VENV)/bin
 # code there, so Prefect never constrains the worker's dependencies.
 PREFECT_VENV ?= .venv-prefect
 PREFECT_REQUIREMENTS := tests/prefect_side/requirements.txt
+PREFECT_LOCK := tests/prefect_side/requirements.lock
 SOURCES := worker schemas tests
+# uv installs exactly what uv.lock (and the Prefect lock) pin; it lives in a
+# venv of its own, pinned too.
+UV_VERSION := 0.13.8
+UV_VENV := .venv-uv
+UV := UV_PYTHON_DOWNLOADS=never $(UV_VENV)/bin/uv
 
 .DEFAULT_GOAL := help
 
@@ -14,20 +20,26 @@ SOURCES := worker schemas tests
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(BIN)/persister: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(UV_VENV)/bin/uv:
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q uv==$(UV_VERSION)
+
+$(BIN)/persister: pyproject.toml uv.lock $(UV_VENV)/bin/uv
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(PYTHON) -q
 	@touch $@
 
 .PHONY: install
-install: $(BIN)/persister ## Create .venv with the package and its dev tools; fetch the Kafka jars
+install: $(BIN)/persister ## Create .venv with exactly the locked versions; fetch the Kafka jars
 	$(BIN)/python -c 'from worker.stack import kafka_libs; print("kafka jars in", kafka_libs())'
 
-$(PREFECT_VENV)/installed: $(PREFECT_REQUIREMENTS)
-	$(PYTHON) -m venv $(PREFECT_VENV)
-	$(PREFECT_VENV)/bin/pip install -q --upgrade pip
-	$(PREFECT_VENV)/bin/pip install -q -r $(PREFECT_REQUIREMENTS)
+.PHONY: lock
+lock: $(UV_VENV)/bin/uv ## Upgrade the locks to the newest versions pyproject.toml allows
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) pip compile -q --upgrade --python-version 3.11 $(PREFECT_REQUIREMENTS) -o $(PREFECT_LOCK)
+
+$(PREFECT_VENV)/installed: $(PREFECT_LOCK) $(UV_VENV)/bin/uv
+	$(UV) venv -q --allow-existing --python $(PYTHON) $(PREFECT_VENV)
+	$(UV) pip sync -q --python $(PREFECT_VENV)/bin/python $(PREFECT_LOCK)
 	@touch $@
 
 .PHONY: prefect-venv
@@ -58,7 +70,7 @@ test: lint prefect-venv ## Everything: lint, unit and integration tests
 
 .PHONY: bench
 bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
 
 .PHONY: demo
