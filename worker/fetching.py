@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 # How long fetching each partition alone, to find the one a fetch error came
 # from, may take in all.
 FIND_BUDGET_S = 1.0
+FIND_RECORDS_PER_PARTITION = 1000
 
 
 def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
@@ -116,6 +117,8 @@ class Fetching:
         self.broker = Conditions("kafka", unready=False)
         # Partitions re-read after a reset: the log end to catch up with.
         self._catching_up: dict[TP, int] = {}
+        # Where the next search for an unreadable batch starts (see `_find`).
+        self._find_from = 0
 
     async def poll(self, wait_s: float) -> None:
         """Fetch for up to `wait_s` and buffer what came."""
@@ -191,16 +194,26 @@ class Fetching:
         """The error names no partition (a batch that cannot be decoded):
         fetch each partition alone, one record per call, so that everything
         before the bad batch is kept and the one at fault fails at its
-        offset. Those that failed before go first."""
+        offset. Those that failed before go first, then the others in turn
+        from where the last search stopped, each for at most
+        FIND_RECORDS_PER_PARTITION records (the rest of a long backlog is
+        kept for the next search): a busy partition cannot hide the one at
+        fault for long."""
         consumer = self._consumer()
         paused = consumer.paused()
         deadline = time.monotonic() + FIND_BUDGET_S
-        suspects = sorted(self.owned.items(), key=lambda item: -item[1].fetch_failures)
-        for tp, state in suspects:
+        owned = list(self.owned.items())
+        self._find_from = self._find_from % len(owned) if owned else 0
+        turn = owned[self._find_from :] + owned[: self._find_from]
+        for tp, state in sorted(turn, key=lambda item: -item[1].fetch_failures):
+            self._find_from += 1
             ktp = TopicPartition(*tp)
             if not state.ready or ktp in paused or state.fetch_retry_at > time.monotonic():
                 continue
-            while (wait_s := deadline - time.monotonic()) > 0:
+            for _ in range(FIND_RECORDS_PER_PARTITION):
+                wait_s = deadline - time.monotonic()
+                if wait_s <= 0:
+                    return
                 try:
                     fetched = await consumer.getmany(
                         ktp, timeout_ms=int(wait_s * 1000), max_records=1
