@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
+from worker.conditions import Conditions
 from worker.deadletter import DeadLetterPublisher
 from worker.fetching import Fetching, new_consumer, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
@@ -65,6 +66,7 @@ class Persister:
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
         )
         self.consumer = self._new_consumer()
+        self.connecting = Conditions("kafka")
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
@@ -81,11 +83,14 @@ class Persister:
             try:
                 await self.consumer.start()
                 await self.dead_letters.start()
+                self.connecting.clear("start", "connected to Kafka")
                 return True
             except KafkaError as exc:
                 failures += 1
                 delay_s = min(RETRY_CAP_S, 2.0**failures)
-                logger.warning("cannot consume yet: %r; retrying in %.0f s", exc, delay_s)
+                self.connecting.raise_(
+                    "start", f"cannot consume yet: {exc!r}; retrying", logging.WARNING
+                )
                 with contextlib.suppress(KafkaError):
                     await self.consumer.stop()
                     await self.dead_letters.stop()

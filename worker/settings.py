@@ -4,6 +4,7 @@ directory, validated once at start-up, frozen afterwards."""
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -171,6 +172,17 @@ class Settings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("topic_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        # Checked here, not by the client library on its first metadata update.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a regular expression ({exc})") from None
+        return value
+
     @field_validator("group_id")
     @classmethod
     def _indexable_group_id(cls, value: str) -> str:
@@ -205,23 +217,32 @@ class Settings(BaseSettings):
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError(
-                f"kafka_security_protocol {self.kafka_security_protocol} needs "
-                "kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password"
+                f"PERSISTER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "PERSISTER_KAFKA_SASL_MECHANISM, PERSISTER_KAFKA_SASL_USERNAME and "
+                "PERSISTER_KAFKA_SASL_PASSWORD"
             )
         if self.max_batch_bytes > self.max_buffered_bytes:
-            raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
+            raise ValueError(
+                "PERSISTER_MAX_BATCH_BYTES must not exceed PERSISTER_MAX_BUFFERED_BYTES"
+            )
         if self.max_message_bytes > self.max_batch_bytes:
-            raise ValueError("max_message_bytes must not exceed max_batch_bytes")
+            raise ValueError(
+                "PERSISTER_MAX_MESSAGE_BYTES must not exceed PERSISTER_MAX_BATCH_BYTES"
+            )
         for pattern, kept in self.retention_overrides.items():
             if kept > self.retention:
                 raise ValueError(
-                    f"retention override {pattern!r} ({kept}) is longer than retention "
-                    f"({self.retention}); an override can only shorten it"
+                    f"PERSISTER_RETENTION_OVERRIDES: {pattern!r} ({kept}) is longer than "
+                    f"PERSISTER_RETENTION ({self.retention}); an override can only shorten it"
                 )
         if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:
-            raise ValueError("rebalance_flush_timeout_s must be below max_poll_interval_s")
+            raise ValueError(
+                "PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+            )
         if self.session_timeout_s >= self.max_poll_interval_s:
-            raise ValueError("session_timeout_s must be below max_poll_interval_s")
+            raise ValueError(
+                "PERSISTER_SESSION_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+            )
         return self
 
     @property

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -18,11 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker.cli.common import (
     EXIT_BAD_SETTINGS,
     EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
     app,
-    configure_logging,
-    load_settings,
+    setup,
     with_engine,
 )
+from worker.database_wait import ping
 from worker.dead_letter_admin import (
     SendBackFailed,
     dead_letters_json,
@@ -63,8 +63,8 @@ def replay_target(
 
 @app.command()
 def replay(
-    group: Annotated[str, typer.Option(help="The consumer group.")],
     topic: Annotated[str, typer.Option(help="The topic to replay.")],
+    group: Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")] = None,
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
     to_earliest: Annotated[bool, typer.Option("--to-earliest", help="From the start.")] = False,
     to_offset: Annotated[int | None, typer.Option(help="From this offset.")] = None,
@@ -80,10 +80,11 @@ def replay(
     Exit codes: 0 moved (or shown with --dry-run), 2 bad arguments, 3 refused
     because the group has live members (stop the workers, or --force)."""
     target = replay_target(to_earliest, to_offset, to_timestamp, by_duration)
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
+    group = group or settings.group_id
 
     async def go(engine: AsyncEngine) -> list[Move]:
+        await ping(engine)  # the truth first: nothing is asked of Kafka without it
         async with KafkaView.open(settings) as view:
             moves = await plan(view, engine, group, topic, partition, target)
             if not dry_run:
@@ -122,8 +123,7 @@ def status(
 
     Per partition: the stored offset (where workers resume), Kafka's committed
     offset, the log end, the lag and the last flush."""
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
     name = group or settings.group_id
 
     async def gather_with(engine: AsyncEngine) -> Status:
@@ -162,8 +162,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Dead letters, oldest first: where each came from and why it failed."""
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
     letters = asyncio.run(
         with_engine(
             settings,
@@ -192,14 +191,13 @@ def dlq_replay(
 ) -> None:
     """Send dead letters back to their topic and partition, e.g. after a fix.
 
-    Exit codes: 0 sent, 1 Kafka failed (one line), 2 bad arguments or no such
+    Exit codes: 0 sent, 4 Kafka failed (one line), 2 bad arguments or no such
     id, 3 refused: a value larger than PERSISTER_MAX_MESSAGE_BYTES (nothing is
     sent), or one its topic refuses as too large (nothing after it is sent)."""
     if value_file is not None and len(ids) != 1:
         raise typer.BadParameter("--value-file goes with exactly one --id")
     value = value_file.read_bytes() if value_file is not None else None
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
     letters = asyncio.run(with_engine(settings, lambda e: list_dead_letters(e, ids=ids)))
     missing = sorted(set(ids) - {d.id for d in letters})
     if missing:
@@ -222,8 +220,5 @@ def dlq_replay(
             typer.echo(f"refused: {exc}; raise the topic's max.message.bytes", err=True)
             raise typer.Exit(EXIT_REFUSED) from None
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KafkaError as exc:
-        typer.echo(f"error: cannot send to Kafka: {exc!r}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
     typer.echo(f"sent {sent} dead letters back to their topics")
