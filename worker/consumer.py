@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
+from worker.controls import ControlWatcher
 from worker.deadletter import DeadLetterPublisher
 from worker.fetching import Fetching, new_consumer, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
@@ -67,6 +68,11 @@ class Persister:
         )
         self.consumer = self._new_consumer()
         self.connecting = Conditions("kafka")
+        self.controls = ControlWatcher(engine, settings.group_id)
+        # Partitions whose stored offset an operator moved: reloaded as soon
+        # as no write of theirs is in flight.
+        self._reload: set[TP] = set()
+        self._reloaded: set[TP] = set()
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
@@ -114,6 +120,7 @@ class Persister:
                 for crashed in (self._crashed, self.dead_letters.crashed):
                     if crashed is not None:
                         raise crashed
+                await self._follow_controls()
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()
@@ -180,11 +187,13 @@ class Persister:
         now = time.monotonic()
         two_batches = 2 * self.accumulator.triggers.batch_size
         assigned = self.consumer.assignment()
+        held_back = self.controls.paused(self.owned)
+        metrics.operator_paused.set(len(held_back))
         paused: list[TopicPartition] = []
         fetching: list[TopicPartition] = []
         for tp, state in self.owned.items():
             held = self.accumulator.buffered(tp)
-            stop = state.should_pause(held, two_batches, self._over_bound, now)
+            stop = state.should_pause(held, two_batches, self._over_bound, now) or tp in held_back
             ktp = TopicPartition(*tp)
             if ktp in assigned:  # it may be mid-rebalance
                 (paused if stop else fetching).append(ktp)
@@ -206,6 +215,21 @@ class Persister:
                 end = self.consumer.highwater(ktp)
             if end is not None and state.stored is not None:
                 metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
+
+    async def _follow_controls(self) -> None:
+        """Reload the stored offsets a replay moved (see `worker.controls`)."""
+        self._reload |= set(await self.controls.refresh())
+        for tp in sorted(self._reload):
+            state = self.owned.get(tp)
+            if state is None:
+                self._reload.discard(tp)
+            elif tp not in self._inflight and not state.lock.locked():
+                self._reload.discard(tp)
+                if state.ready:
+                    logger.info("%s[%d]: stored offset moved by an operator; reloading", *tp)
+                    state.ready, state.retry_at = False, 0.0
+                    self.accumulator.reset(tp, None)
+                    self._reloaded.add(tp)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -232,6 +256,9 @@ class Persister:
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
+            if tp in self._reloaded and offset is not None:
+                self._reloaded.discard(tp)
+                self._uncommitted[tp] = offset  # Kafka's committed offset follows
             self.dead_letters.request(tp)
             if offset is None:
                 logger.info(

@@ -77,6 +77,11 @@ lag = Gauge(
 paused_partitions = Gauge(
     "persister_paused_partitions", "Assigned partitions not being fetched", registry=registry
 )
+operator_paused = Gauge(
+    "persister_operator_paused_partitions",
+    "Assigned partitions paused by an operator (`persister pause`)",
+    registry=registry,
+)
 trimmed_rows = Counter(
     "persister_trimmed_rows", "Rows deleted by retention, by table", ["table"], registry=registry
 )

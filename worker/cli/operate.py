@@ -31,11 +31,14 @@ from worker.dead_letter_admin import (
     send_back,
 )
 from worker.kafka_admin import KafkaView
-from worker.replay import Move, ReplayRefused, Target, apply, plan
+from worker.replay import Move, ReplayRefused, Target, apply, followed, plan
 from worker.services import RetentionTrimmer
 from worker.settings import parse_duration
 from worker.status import Status, gather
 from worker.status_view import status_json, status_table
+
+# How long `replay --force` waits for the live workers' Kafka commits.
+FOLLOW_TIMEOUT_S = 10.0
 
 
 def replay_target(
@@ -83,34 +86,50 @@ def replay(
     settings = setup("WARNING")
     group = group or settings.group_id
 
-    async def go(engine: AsyncEngine) -> list[Move]:
+    async def go(engine: AsyncEngine) -> tuple[list[Move], int, dict[int, int] | None]:
         await ping(engine)  # the truth first: nothing is asked of Kafka without it
         async with KafkaView.open(settings) as view:
             moves = await plan(view, engine, group, topic, partition, target)
-            if not dry_run:
-                await apply(view, engine, group, topic, moves, force)
-            return moves
+            if dry_run:
+                return moves, 0, None
+            live = await apply(view, engine, group, topic, moves, force)
+            return moves, live, await followed(view, group, topic, moves, FOLLOW_TIMEOUT_S)
 
     try:
-        moves = asyncio.run(with_engine(settings, go))
+        moves, live, after = asyncio.run(with_engine(settings, go))
     except ReplayRefused as exc:
         typer.echo(f"refused: {exc}; stop the workers first, or pass --force", err=True)
         raise typer.Exit(EXIT_REFUSED) from None
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
-    show_moves(group, topic, moves, dry_run)
+    show_moves(group, topic, moves, after)
+    if live:
+        behind = [m.partition for m in moves if (after or {}).get(m.partition) != m.target]
+        typer.echo(
+            f"{live} live members were told to reload; "
+            + (
+                "each has committed the new offsets to Kafka"
+                if not behind
+                else f"Kafka's committed offsets of partitions {behind} do not follow yet "
+                "(a worker commits them once it owns and reloads the partition)"
+            )
+        )
 
 
-def show_moves(group: str, topic: str, moves: list[Move], dry_run: bool) -> None:
-    title = f"{'would move' if dry_run else 'moved'} group {group!r} on {topic!r}"
+def show_moves(group: str, topic: str, moves: list[Move], after: dict[int, int] | None) -> None:
+    title = f"{'would move' if after is None else 'moved'} group {group!r} on {topic!r}"
     table = Table(title=title)
-    for column in ("partition", "stored (before)", "Kafka committed (before)", "after", "re-read"):
+    columns = ["partition", "stored (before)", "Kafka committed (before)", "stored (after)"]
+    columns += ["re-read"] + ([] if after is None else ["Kafka committed (after)"])
+    for column in columns:
         table.add_column(column, justify="right")
     for m in moves:
         cells = [m.partition, m.stored, m.committed, m.target, m.events]
+        if after is not None:
+            cells.append(after.get(m.partition))
         table.add_row(*("-" if v is None else str(v) for v in cells))
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
 
 
 @app.command()
