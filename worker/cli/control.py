@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from schemas.limits import MAX_GROUP_ID_BYTES, MAX_TOPIC_CHARS, utf8_length
 from worker.cli.common import app, setup, with_engine
 from worker.controls import set_paused
 
@@ -18,6 +19,11 @@ Group = Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")]
 def _set(topic: str, partition: int | None, group: str | None, paused: bool) -> None:
     settings = setup("WARNING")
     name = group or settings.group_id
+    # Both are part of a key: keep them to what an index entry holds.
+    if utf8_length(name) > MAX_GROUP_ID_BYTES or len(topic) > MAX_TOPIC_CHARS:
+        raise typer.BadParameter(
+            f"a group is at most {MAX_GROUP_ID_BYTES} bytes, a topic {MAX_TOPIC_CHARS} characters"
+        )
     asyncio.run(
         with_engine(settings, lambda engine: set_paused(engine, name, topic, partition, paused))
     )
