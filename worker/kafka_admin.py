@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
@@ -40,6 +41,16 @@ class Member:
     member_id: str
     client_id: str
     host: str
+    partitions: tuple[TopicPartition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group as the coordinator describes it; `state` "Dead" for a group
+    Kafka does not know."""
+
+    state: str
+    members: list[Member]
 
 
 class KafkaView:
@@ -93,15 +104,31 @@ class KafkaView:
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def members(self, group: str) -> list[Member]:
+        return (await self.describe(group)).members
+
+    async def describe(self, group: str) -> Group:
         responses = await retrying(lambda: self.admin.describe_consumer_groups([group]))
         members: list[Member] = []
+        state = "Dead"
         for response in responses:
             for described in response.groups:
                 # (error, group, state, protocol type, protocol, members, ...)
+                state = str(described[2])
                 for member in described[5]:
-                    member_id, client_id, host = member[0], member[-4], member[-3]
-                    members.append(Member(member_id, str(client_id), str(host)))
-        return members
+                    # (member id, [instance id,] client id, host, metadata, assignment)
+                    member_id, client_id, host, assignment = (
+                        member[0],
+                        member[-4],
+                        member[-3],
+                        member[-1],
+                    )
+                    owned = (
+                        tuple(ConsumerProtocolMemberAssignment.decode(assignment).partitions())
+                        if assignment
+                        else ()
+                    )
+                    members.append(Member(member_id, str(client_id), str(host), owned))
+        return Group(state, members)
 
     async def commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Set the group's committed offsets (the group must have no members)."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sys
 import time
 import uuid
@@ -32,7 +30,7 @@ from worker.database_wait import wait_for_database
 from worker.http import router, serve
 from worker.leader import Lease, acquire, release
 from worker.retention import Trimmed, trim
-from worker.settings import ENV_PREFIX, ServiceToggle, Settings
+from worker.settings import ENV_PREFIX, ServiceToggle, Settings, replica_id
 from worker.storage import create_engine
 
 logger = logging.getLogger(__name__)
@@ -158,7 +156,9 @@ class RetentionTrimmer(Service):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The replica, as its consumer's client id names it, and a suffix
+        # that tells apart two trimmers of one process (tests).
+        self.holder = f"{replica_id()}:{uuid.uuid4().hex[:8]}"
         self.renewal = Conditions("lease", unready=False)
         self.lease: Lease | None = None
         self.last_trim: Trimmed | None = None

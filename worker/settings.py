@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,12 @@ from schemas.limits import (
 
 ENV_PREFIX = "PERSISTER_"
 SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
+
+
+def replica_id() -> str:
+    """This process, as `status` names it: `<host>:<pid>`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -106,7 +113,8 @@ class Settings(BaseSettings):
     # Static membership: a restarted replica with the same id gets its
     # partitions back without a rebalance (within the session timeout).
     group_instance_id: str | None = None
-    client_id: str = "event-persister"
+    # Default: `replica_id()`, so `status` tells the replicas apart.
+    client_id: str | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_s: float = Field(45.0, gt=0)
     max_poll_interval_s: float = Field(300.0, gt=0)
@@ -272,6 +280,9 @@ class Settings(BaseSettings):
                 keyfile=self.kafka_ssl_keyfile,
             )
         return options
+
+    def kafka_client_id(self) -> str:
+        return self.client_id or replica_id()
 
     def redacted_database_url(self) -> str:
         return make_url(self.database_url).render_as_string(hide_password=True)

@@ -8,6 +8,7 @@ empty directory of its own unless it says otherwise.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def test_defaults_validate(secrets: Path) -> None:
     assert s.topics == ("events",)
     assert s.topic_pattern is None
     assert s.group_id == "event-persister"
-    assert s.client_id == "event-persister"
+    assert s.client_id is None
+    assert s.kafka_client_id() == f"{socket.gethostname()}:{os.getpid()}"
     assert s.auto_offset_reset == "earliest"
     assert s.session_timeout_s == 45.0
     assert s.max_poll_interval_s == 300.0

@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_UNEXPECTED",
     "Failure",
     "app",
+    "explain_line",
     "setup",
     "with_engine",
 ]
@@ -170,6 +171,14 @@ async def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitabl
         raise DatabaseFailure(str(exc)) from exc
     finally:
         await engine.dispose()
+
+
+def explain_line(exc: BaseException) -> str:
+    """The one line that says why `exc` happened."""
+    settings = state.settings
+    servers = settings.kafka_bootstrap_servers if settings else "?"
+    database = settings.redacted_database_url() if settings else "?"
+    return explain(exc, servers, database).line
 
 
 def report(exc: BaseException) -> int:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.cli.common import (
@@ -19,6 +21,7 @@ from worker.cli.common import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     app,
+    explain_line,
     setup,
     with_engine,
 )
@@ -138,10 +141,13 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
-    """Where the group stands: offsets, lag, members, trimmer leader, dead letters.
+    """Where the group stands, like `kafka-consumer-groups --describe`.
 
-    Per partition: the stored offset (where workers resume), Kafka's committed
-    offset, the log end, the lag and the last flush."""
+    Per partition: the member that owns it (`<host>:<pid>` by default), the
+    stored offset (where workers resume), Kafka's committed offset, the log
+    end, the lag and the last flush; the trimmer leader; dead letters.
+    Exit 3 for a group nothing knows. `--watch` goes on through outages of
+    Kafka or the database, showing them under the last table."""
     settings = setup("WARNING")
     name = group or settings.group_id
 
@@ -153,17 +159,41 @@ def status(
     def once() -> Status:
         return asyncio.run(with_engine(settings, gather_with))
 
+    if watch:
+        watch_status(once)
+        return
+    found = once()
+    if not found.known:
+        typer.echo(
+            f"group {name!r} is unknown: no members, no stored or committed offsets "
+            "(check --group or PERSISTER_GROUP_ID)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_REFUSED)
     if as_json:
-        typer.echo(status_json(once()))
-        return
-    if not watch:
-        Console().print(status_table(once()))
-        return
-    with Live(status_table(once()), auto_refresh=False) as live:
+        typer.echo(status_json(found))
+    else:
+        Console().print(status_table(found))
+
+
+def watch_status(once: Callable[[], Status]) -> None:
+    """Refresh every 2 s until Ctrl-C; a failure shows, with the time it
+    began, under the last table that could be gathered."""
+    shown: RenderableType = Text("gathering...")
+    failing_since: datetime | None = None
+    with Live(shown, auto_refresh=False) as live:
         try:
             while True:
+                try:
+                    shown, failing_since = status_table(once()), None
+                    live.update(shown, refresh=True)
+                except Exception as exc:  # any failure of either dependency
+                    failing_since = failing_since or datetime.now(UTC)
+                    line = explain_line(exc)
+                    since = failing_since.strftime("%H:%M:%S")
+                    problem = Text(f"since {since} UTC: {line}; retrying", style="bold red")
+                    live.update(Group(shown, problem), refresh=True)
                 time.sleep(2)
-                live.update(status_table(once()), refresh=True)
         except KeyboardInterrupt:
             pass
 
