@@ -45,6 +45,8 @@ class Service(ABC):
     # Started, and running, before the others start (e.g. a port to bind
     # before the persister joins its group).
     starts_first: ClassVar[bool] = False
+    # The services `running` runs now (for signals such as drain).
+    current: ClassVar[list[Service]] = []
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -88,6 +90,7 @@ class Service(ABC):
         """Start the enabled services on entry; stop them, and wait, on exit."""
         enabled = sorted(cls.enabled_services(settings), key=lambda s: not s.starts_first)
         services = [s(settings) for s in enabled]
+        cls.current = services
         tasks: list[asyncio.Task[None]] = []
         try:
             for service in services:
@@ -121,6 +124,9 @@ class Service(ABC):
     async def stop(self) -> None:
         self._stopping.set()
 
+    def drain(self) -> None:  # noqa: B027 - most services have nothing to give up
+        """Give up shared work but keep running (see `EventPersister`)."""
+
     async def pause(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True if stopped."""
         try:
@@ -135,16 +141,37 @@ class EventPersister(Service):
 
     name = "event_persister"
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._leaving = asyncio.Event()
+
+    def drain(self) -> None:
+        """Flush, commit and leave the group, but keep the process (its
+        metrics, its trimmer) up until stopped."""
+        if not self._leaving.is_set():
+            logger.info("draining: flushing, committing and leaving the consumer group")
+        self._leaving.set()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._leaving.set()
+
     async def start(self) -> None:
         s = self.settings
         engine = create_engine(s.database_url, s.database_pool_size)
         try:
-            if not await wait_for_database(engine, self._stopping):
-                return
-            persister = Persister(s, engine)
-            await persister.run(self._stopping, self.started_event)
+            if await wait_for_database(engine, self._leaving):
+                persister = Persister(s, engine)
+                await persister.run(self._leaving, self.started_event)
         finally:
             await engine.dispose()
+        if not self._stopping.is_set():
+            metrics.readiness.joined = False
+            metrics.readiness.conditions["persister:drained"] = (
+                "drained: left the consumer group; restart the process to rejoin"
+            )
+            logger.info("drained: the process stays up (metrics, trimmer) until SIGTERM")
+            await self._stopping.wait()
 
 
 class RetentionTrimmer(Service):

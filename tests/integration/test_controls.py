@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,37 @@ async def test_pause_and_resume_follow_within_two_seconds_across_a_rebalance(
         assert time.monotonic() - started < EFFECT_S + 1.0
     assert await end_offsets(stack_info, topic, 2) == {0: 12, 1: 15}
     assert (await counts(engine))[0] == 27
+
+
+async def test_drain_leaves_the_group_and_keeps_the_process(
+    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """SIGUSR1: flush, commit, leave; the other replica takes over, the
+    drained one stays up until SIGTERM (then exits 0)."""
+    topic = unique("drain")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 2)
+    settings = settings_for(stack_info, topic, group_id=group)
+    async with WorkerPool(worker_env(stack_info, topic, group), tmp_path / "w") as pool:
+        await asyncio.to_thread(pool.start, 2)
+        await send(stack_info, topic, values(4, 8), partition=0)
+        await send(stack_info, topic, values(4, 9), partition=1)
+        await wait_persisted(engine, group, topic, {0: 4, 1: 4})
+        pid = pool.pid(0)
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)
+        async with KafkaView.open(settings) as view:
+
+            async def one_member_owns_both() -> bool:
+                members = await view.members(group)
+                return len(members) == 1 and len(members[0].partitions) == 2
+
+            await wait_until(one_member_owns_both, 30, "the other replica to own both")
+            assert (await view.members(group))[0].client_id.endswith(f":{pool.pid(1)}")
+        await send(stack_info, topic, values(3, 10), partition=0)
+        await send(stack_info, topic, values(3, 11), partition=1)
+        await wait_persisted(engine, group, topic, {0: 7, 1: 7})
+        assert pool.alive() == [0, 1]
+        assert len(pool.grep("drained: the process stays up")) == 1, pool.tail()
+        assert await asyncio.to_thread(pool.terminate, 0) == 0
+    assert (await counts(engine))[0] == 14

@@ -46,11 +46,18 @@ async def _run_until_signalled(settings: Settings) -> None:
         sweeper.cancel()
 
 
+def _drain() -> None:
+    for service in Service.current:
+        service.drain()
+
+
 async def _services_until_signalled(settings: Settings) -> None:
     task = asyncio.create_task(Service.run_services(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    # Drain: leave the group (flushing and committing first), stay up.
+    loop.add_signal_handler(signal.SIGUSR1, _drain)
     try:
         await task
     except asyncio.CancelledError:
