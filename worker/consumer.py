@@ -329,6 +329,14 @@ class Persister:
                 time.monotonic() - started,
                 min((r.timestamp for r in batch if r.timestamp is not None), default=None),
             )
+        if state.failures and state.failing_since is not None:
+            logger.info(
+                "%s[%d]: writing works again after %d failed attempts in %.1f s",
+                *tp,
+                state.failures,
+                time.monotonic() - state.failing_since,
+                extra={"topic": tp[0], "partition": tp[1], "attempt": state.failures + 1},
+            )
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
         self.fetching.stored(tp, next_offset)

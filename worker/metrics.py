@@ -7,12 +7,28 @@ instance label.
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from worker import __version__
 
 registry = CollectorRegistry()
+# RSS, CPU seconds, open file descriptors, start time; the Python version.
+ProcessCollector(registry=registry)
+PlatformCollector(registry=registry)
+build = Info("persister_build", "The worker's version and Python", registry=registry)
+build.info({"version": __version__, "python": platform.python_version()})
 
 events_persisted = Counter(
     "persister_events_persisted", "Events newly written to the database", registry=registry
@@ -100,6 +116,16 @@ conditions = Gauge(
 leader = Gauge(
     "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
 )
+
+
+# Series whose labels are known in advance exist from the start, at 0, so a
+# panel or an alert sees "none yet" rather than "no data".
+for _error_class in ("InvalidJson", "InvalidEnvelope", "MessageTooLarge", "Tombstone"):
+    dead_letters.labels(_error_class)
+for _reason in ("past_end", "before_start"):
+    offset_resets.labels(_reason)
+for _table in ("events", "event_resources"):
+    trimmed_rows.labels(_table)
 
 
 def observe_batch(

@@ -87,8 +87,11 @@ def test_prometheus_scrapes_the_workers_metrics_port(compose: dict[str, Any]) ->
 def test_dashboard_queries_name_existing_metrics() -> None:
     dashboard = json.loads((COMPOSE / "grafana/dashboards/event-persister.json").read_text())
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    suffixes |= {"info": ["_info"]}
     exported = {
-        family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, [""])
     }
     titles = set()
     for panel in dashboard["panels"]:
