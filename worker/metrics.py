@@ -113,6 +113,9 @@ conditions = Gauge(
     ["kind"],
     registry=registry,
 )
+ready = Gauge(
+    "persister_ready", "1 when /readyz would answer 200 (set at each scrape)", registry=registry
+)
 leader = Gauge(
     "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
 )
