@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -177,4 +179,20 @@ leader_leases = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("expires", Timestamp, nullable=False),
     PrimaryKeyConstraint("name"),
+)
+
+# What operators ask of a group's partitions; the workers read it every
+# second. `paused`: not fetched (partition -1: every partition of the topic).
+# `reload`: raised by a replay that moved a stored offset under live workers;
+# the owner of the partition reloads its stored offset when it changes.
+partition_controls = Table(
+    "partition_controls",
+    metadata,
+    Column("group_id", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("reload", BigInteger, nullable=False, server_default="0"),
+    Column("updated", Timestamp, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
 )

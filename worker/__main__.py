@@ -15,10 +15,10 @@ def main() -> None:
     # as it starts) is not a failure. Afterwards the default applies until a
     # command installs its own handlers (`run` does, to flush first).
     signal.signal(signal.SIGTERM, _stop_while_importing)
-    from worker.cli import app
+    from worker.cli import run_app
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    app()
+    sys.exit(run_app(sys.argv[1:]))
 
 
 if __name__ == "__main__":

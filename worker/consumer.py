@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
+from worker.conditions import Conditions
+from worker.controls import ControlWatcher
 from worker.deadletter import DeadLetterPublisher
 from worker.fetching import Fetching, new_consumer, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
@@ -65,6 +67,12 @@ class Persister:
             Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
         )
         self.consumer = self._new_consumer()
+        self.connecting = Conditions("kafka")
+        self.controls = ControlWatcher(engine, settings.group_id)
+        # Partitions whose stored offset an operator moved: reloaded as soon
+        # as no write of theirs is in flight.
+        self._reload: set[TP] = set()
+        self._reloaded: set[TP] = set()
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
@@ -81,11 +89,14 @@ class Persister:
             try:
                 await self.consumer.start()
                 await self.dead_letters.start()
+                self.connecting.clear("start", "connected to Kafka")
                 return True
             except KafkaError as exc:
                 failures += 1
                 delay_s = min(RETRY_CAP_S, 2.0**failures)
-                logger.warning("cannot consume yet: %r; retrying in %.0f s", exc, delay_s)
+                self.connecting.raise_(
+                    "start", f"cannot consume yet: {exc!r}; retrying", logging.WARNING
+                )
                 with contextlib.suppress(KafkaError):
                     await self.consumer.stop()
                     await self.dead_letters.stop()
@@ -109,6 +120,7 @@ class Persister:
                 for crashed in (self._crashed, self.dead_letters.crashed):
                     if crashed is not None:
                         raise crashed
+                await self._follow_controls()
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()
@@ -175,11 +187,13 @@ class Persister:
         now = time.monotonic()
         two_batches = 2 * self.accumulator.triggers.batch_size
         assigned = self.consumer.assignment()
+        held_back = self.controls.paused(self.owned)
+        metrics.operator_paused.set(len(held_back))
         paused: list[TopicPartition] = []
         fetching: list[TopicPartition] = []
         for tp, state in self.owned.items():
             held = self.accumulator.buffered(tp)
-            stop = state.should_pause(held, two_batches, self._over_bound, now)
+            stop = state.should_pause(held, two_batches, self._over_bound, now) or tp in held_back
             ktp = TopicPartition(*tp)
             if ktp in assigned:  # it may be mid-rebalance
                 (paused if stop else fetching).append(ktp)
@@ -201,6 +215,21 @@ class Persister:
                 end = self.consumer.highwater(ktp)
             if end is not None and state.stored is not None:
                 metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
+
+    async def _follow_controls(self) -> None:
+        """Reload the stored offsets a replay moved (see `worker.controls`)."""
+        self._reload |= set(await self.controls.refresh())
+        for tp in sorted(self._reload):
+            state = self.owned.get(tp)
+            if state is None:
+                self._reload.discard(tp)
+            elif tp not in self._inflight and not state.lock.locked():
+                self._reload.discard(tp)
+                if state.ready:
+                    logger.info("%s[%d]: stored offset moved by an operator; reloading", *tp)
+                    state.ready, state.retry_at = False, 0.0
+                    self.accumulator.reset(tp, None)
+                    self._reloaded.add(tp)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -227,6 +256,9 @@ class Persister:
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
+            if tp in self._reloaded and offset is not None:
+                self._reloaded.discard(tp)
+                self._uncommitted[tp] = offset  # Kafka's committed offset follows
             self.dead_letters.request(tp)
             if offset is None:
                 logger.info(
@@ -296,6 +328,14 @@ class Persister:
                 written.rejected,
                 time.monotonic() - started,
                 min((r.timestamp for r in batch if r.timestamp is not None), default=None),
+            )
+        if state.failures and state.failing_since is not None:
+            logger.info(
+                "%s[%d]: writing works again after %d failed attempts in %.1f s",
+                *tp,
+                state.failures,
+                time.monotonic() - state.failing_since,
+                extra={"topic": tp[0], "partition": tp[1], "attempt": state.failures + 1},
             )
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None

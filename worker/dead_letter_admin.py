@@ -83,8 +83,8 @@ async def send_back(settings: Settings, letters: list[Row[Any]], value: bytes | 
         enable_idempotence=True,
         max_request_size=request_bytes(settings.max_message_bytes),
     )
-    await producer.start()
     try:
+        await producer.start()
         for sent, letter in enumerate(letters):
             try:
                 await (

@@ -191,7 +191,7 @@ class DeadLetterPublisher:
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             **self.settings.kafka_options(),
-            client_id=f"{self.settings.client_id}-dlq",
+            client_id=f"{self.settings.kafka_client_id()}-dlq",
             acks="all",
             enable_idempotence=True,
             max_request_size=request_bytes(self.settings.max_message_bytes),

@@ -53,7 +53,7 @@ def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIO
         **settings.kafka_options(),
         group_id=settings.group_id,
         group_instance_id=settings.group_instance_id,
-        client_id=settings.client_id,
+        client_id=settings.kafka_client_id(),
         enable_auto_commit=False,
         # Never reposition silently: `Fetching` decides what an offset out
         # of range means (the setting is for partitions with no stored

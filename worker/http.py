@@ -49,6 +49,9 @@ async def readiness_problems(engine: AsyncEngine, expect_persister: bool) -> lis
 def router(engine: AsyncEngine, expect_persister: bool) -> Callable[[str], Awaitable[Response]]:
     async def route(path: str) -> Response:
         if path == "/metrics":
+            # Readiness as a series too, for alerting on it.
+            problems = await readiness_problems(engine, expect_persister)
+            metrics.ready.set(0 if problems else 1)
             return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"

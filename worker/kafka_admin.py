@@ -3,18 +3,37 @@ moving a group's committed offsets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
 from worker.settings import Settings
+
+# How long a retriable error (no group coordinator yet, a leader moving) is
+# retried before it is the command's failure.
+RETRY_FOR_S = 10.0
+T = TypeVar("T")
+
+
+async def retrying(call: Callable[[], Awaitable[T]]) -> T:
+    deadline = time.monotonic() + RETRY_FOR_S
+    while True:
+        try:
+            return await call()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -22,6 +41,16 @@ class Member:
     member_id: str
     client_id: str
     host: str
+    partitions: tuple[TopicPartition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group as the coordinator describes it; `state` "Dead" for a group
+    Kafka does not know."""
+
+    state: str
+    members: list[Member]
 
 
 class KafkaView:
@@ -41,14 +70,14 @@ class KafkaView:
         reader = AIOKafkaConsumer(
             **settings.kafka_options(), enable_auto_commit=False, isolation_level="read_committed"
         )
-        await admin.start()
+        # Stopped also when starting failed: an unstarted client that is
+        # never stopped warns about itself when collected.
         try:
+            await admin.start()
             await reader.start()
-            try:
-                yield cls(settings, admin, reader)
-            finally:
-                await reader.stop()
+            yield cls(settings, admin, reader)
         finally:
+            await reader.stop()
             await admin.close()
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
@@ -69,19 +98,37 @@ class KafkaView:
         return {tp: ends[tp] if found[tp] is None else found[tp].offset for tp in tps}
 
     async def committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        offsets = await self.admin.list_consumer_group_offsets(group, partitions=tps)
+        offsets = await retrying(
+            lambda: self.admin.list_consumer_group_offsets(group, partitions=tps)
+        )
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def members(self, group: str) -> list[Member]:
-        responses = await self.admin.describe_consumer_groups([group])
+        return (await self.describe(group)).members
+
+    async def describe(self, group: str) -> Group:
+        responses = await retrying(lambda: self.admin.describe_consumer_groups([group]))
         members: list[Member] = []
+        state = "Dead"
         for response in responses:
             for described in response.groups:
                 # (error, group, state, protocol type, protocol, members, ...)
+                state = str(described[2])
                 for member in described[5]:
-                    member_id, client_id, host = member[0], member[-4], member[-3]
-                    members.append(Member(member_id, str(client_id), str(host)))
-        return members
+                    # (member id, [instance id,] client id, host, metadata, assignment)
+                    member_id, client_id, host, assignment = (
+                        member[0],
+                        member[-4],
+                        member[-3],
+                        member[-1],
+                    )
+                    owned = (
+                        tuple(ConsumerProtocolMemberAssignment.decode(assignment).partitions())
+                        if assignment
+                        else ()
+                    )
+                    members.append(Member(member_id, str(client_id), str(host), owned))
+        return Group(state, members)
 
     async def commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Set the group's committed offsets (the group must have no members)."""

@@ -7,12 +7,28 @@ instance label.
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from worker import __version__
 
 registry = CollectorRegistry()
+# RSS, CPU seconds, open file descriptors, start time; the Python version.
+ProcessCollector(registry=registry)
+PlatformCollector(registry=registry)
+build = Info("persister_build", "The worker's version and Python", registry=registry)
+build.info({"version": __version__, "python": platform.python_version()})
 
 events_persisted = Counter(
     "persister_events_persisted", "Events newly written to the database", registry=registry
@@ -77,6 +93,11 @@ lag = Gauge(
 paused_partitions = Gauge(
     "persister_paused_partitions", "Assigned partitions not being fetched", registry=registry
 )
+operator_paused = Gauge(
+    "persister_operator_paused_partitions",
+    "Assigned partitions paused by an operator (`persister pause`)",
+    registry=registry,
+)
 trimmed_rows = Counter(
     "persister_trimmed_rows", "Rows deleted by retention, by table", ["table"], registry=registry
 )
@@ -92,9 +113,22 @@ conditions = Gauge(
     ["kind"],
     registry=registry,
 )
+ready = Gauge(
+    "persister_ready", "1 when /readyz would answer 200 (set at each scrape)", registry=registry
+)
 leader = Gauge(
     "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
 )
+
+
+# Series whose labels are known in advance exist from the start, at 0, so a
+# panel or an alert sees "none yet" rather than "no data".
+for _error_class in ("InvalidJson", "InvalidEnvelope", "MessageTooLarge", "Tombstone"):
+    dead_letters.labels(_error_class)
+for _reason in ("past_end", "before_start"):
+    offset_resets.labels(_reason)
+for _table in ("events", "event_resources"):
+    trimmed_rows.labels(_table)
 
 
 def observe_batch(

@@ -6,13 +6,18 @@ agrees. Writes are idempotent: replaying over rows already stored adds
 nothing, and replaying after a trim (or into an empty database) restores what
 is still in the topic.
 
-Only while the group has no members: a running worker would overwrite the
-new positions with its next flush (and its fence would stop it writing, but
-not from re-reading from where it was).
+While the group has live members it refuses, unless forced: then it moves
+the stored offsets and, in the same transaction, raises the partitions'
+`reload` in `partition_controls`; each live owner reloads its stored offset
+within about a second (idle partitions too; a write in between fails its
+fence and reloads as well) and commits it to Kafka itself. Kafka is not
+committed to from outside a live group (it would be refused).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import consumer_offsets
+from worker.controls import request_reload
 from worker.kafka_admin import KafkaView
 from worker.storage import dialect_insert
 
@@ -74,11 +80,19 @@ async def plan(
     target: Target,
 ) -> list[Move]:
     tps = await view.partitions(topic)
+    if not tps:
+        raise ValueError(f"topic {topic} does not exist")
     if partition is not None:
         tps = [tp for tp in tps if tp.partition == partition]
         if not tps:
             raise ValueError(f"topic {topic} has no partition {partition}")
     goals = await targets(view, tps, target)
+    if target.offset is not None:
+        ends = await view.ends(tps)
+        past = [tp for tp in tps if target.offset > ends[tp]]
+        if past:
+            listed = ", ".join(f"{tp.topic}[{tp.partition}] ends at {ends[tp]}" for tp in past)
+            raise ValueError(f"--to-offset {target.offset} is past the log end ({listed})")
     committed = await view.committed(group, tps)
     c = consumer_offsets.c
     async with engine.connect() as conn:
@@ -93,13 +107,15 @@ async def plan(
 
 async def apply(
     view: KafkaView, engine: AsyncEngine, group: str, topic: str, moves: list[Move], force: bool
-) -> None:
+) -> int:
+    """Move; returns how many live members were told to reload."""
     members = await view.members(group)
     if members and not force:
-        names = ", ".join(f"{m.client_id}@{m.host}" for m in members)
+        names = ", ".join(m.client_id for m in members)
         raise ReplayRefused(f"group {group} has {len(members)} live members ({names})")
     c = consumer_offsets.c
     async with engine.begin() as conn:
+        await request_reload(conn, group, topic, [m.partition for m in moves])
         for move in moves:
             await conn.execute(
                 delete(consumer_offsets).where(
@@ -111,4 +127,21 @@ async def apply(
                     group_id=group, topic=topic, partition=move.partition, next_offset=move.target
                 )
             )
-    await view.commit(group, {TopicPartition(topic, m.partition): m.target for m in moves})
+    if not members:
+        await view.commit(group, {TopicPartition(topic, m.partition): m.target for m in moves})
+    return len(members)
+
+
+async def followed(
+    view: KafkaView, group: str, topic: str, moves: list[Move], timeout_s: float
+) -> dict[int, int]:
+    """Kafka's committed offsets of the moved partitions once the live
+    workers have committed the targets, or as they are at the deadline."""
+    tps = [TopicPartition(topic, m.partition) for m in moves]
+    wanted = {m.partition: m.target for m in moves}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = {tp.partition: o for tp, o in (await view.committed(group, tps)).items()}
+        if committed == wanted or time.monotonic() >= deadline:
+            return committed
+        await asyncio.sleep(0.2)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
+import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -25,18 +24,29 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker import metrics
+from worker.conditions import Conditions
 from worker.consumer import Persister
+from worker.database_wait import wait_for_database
 from worker.http import router, serve
 from worker.leader import Lease, acquire, release
 from worker.retention import Trimmed, trim
-from worker.settings import ENV_PREFIX, ServiceToggle, Settings
+from worker.settings import ENV_PREFIX, ServiceToggle, Settings, replica_id
 from worker.storage import create_engine
 
 logger = logging.getLogger(__name__)
 
 
+class CannotStart(Exception):
+    """A service cannot start with these settings (the message says which)."""
+
+
 class Service(ABC):
     name: ClassVar[str]
+    # Started, and running, before the others start (e.g. a port to bind
+    # before the persister joins its group).
+    starts_first: ClassVar[bool] = False
+    # The services `running` runs now (for signals such as drain).
+    current: ClassVar[list[Service]] = []
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -78,19 +88,34 @@ class Service(ABC):
     @asynccontextmanager
     async def running(cls, settings: Settings) -> AsyncIterator[list[asyncio.Task[None]]]:
         """Start the enabled services on entry; stop them, and wait, on exit."""
-        services = [s(settings) for s in cls.enabled_services(settings)]
-        tasks = [asyncio.create_task(s.start(), name=s.name) for s in services]
+        enabled = sorted(cls.enabled_services(settings), key=lambda s: not s.starts_first)
+        services = [s(settings) for s in enabled]
+        cls.current = services
+        tasks: list[asyncio.Task[None]] = []
         try:
+            for service in services:
+                tasks.append(asyncio.create_task(service.start(), name=service.name))
+                if service.starts_first:
+                    await service.started_or_failed(tasks[-1])
             yield tasks
         finally:
+            raising = sys.exc_info()[1]
             for service in services:
                 await service.stop()
             results = await asyncio.gather(*tasks, return_exceptions=True)
-            for service, result in zip(services, results, strict=True):
-                if isinstance(result, BaseException) and not isinstance(
-                    result, asyncio.CancelledError
-                ):
+            for service, result in zip(services, results, strict=False):
+                quiet = asyncio.CancelledError | CannotStart
+                failed = isinstance(result, BaseException) and not isinstance(result, quiet)
+                if failed and result is not raising:
                     logger.error("service %s failed: %r", service.name, result)
+
+    async def started_or_failed(self, task: asyncio.Task[None]) -> None:
+        """Wait until started; raise what `task` raised if it ended first."""
+        started = asyncio.create_task(self.started_event.wait())
+        await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if task.done():
+            task.result()
 
     @abstractmethod
     async def start(self) -> None:
@@ -98,6 +123,9 @@ class Service(ABC):
 
     async def stop(self) -> None:
         self._stopping.set()
+
+    def drain(self) -> None:  # noqa: B027 - most services have nothing to give up
+        """Give up shared work but keep running (see `EventPersister`)."""
 
     async def pause(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True if stopped."""
@@ -113,14 +141,37 @@ class EventPersister(Service):
 
     name = "event_persister"
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._leaving = asyncio.Event()
+
+    def drain(self) -> None:
+        """Flush, commit and leave the group, but keep the process (its
+        metrics, its trimmer) up until stopped."""
+        if not self._leaving.is_set():
+            logger.info("draining: flushing, committing and leaving the consumer group")
+        self._leaving.set()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._leaving.set()
+
     async def start(self) -> None:
         s = self.settings
         engine = create_engine(s.database_url, s.database_pool_size)
         try:
-            persister = Persister(s, engine)
-            await persister.run(self._stopping, self.started_event)
+            if await wait_for_database(engine, self._leaving):
+                persister = Persister(s, engine)
+                await persister.run(self._leaving, self.started_event)
         finally:
             await engine.dispose()
+        if not self._stopping.is_set():
+            metrics.readiness.joined = False
+            metrics.readiness.conditions["persister:drained"] = (
+                "drained: left the consumer group; restart the process to rejoin"
+            )
+            logger.info("drained: the process stays up (metrics, trimmer) until SIGTERM")
+            await self._stopping.wait()
 
 
 class RetentionTrimmer(Service):
@@ -132,7 +183,10 @@ class RetentionTrimmer(Service):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The replica, as its consumer's client id names it, and a suffix
+        # that tells apart two trimmers of one process (tests).
+        self.holder = f"{replica_id()}:{uuid.uuid4().hex[:8]}"
+        self.renewal = Conditions("lease", unready=False)
         self.lease: Lease | None = None
         self.last_trim: Trimmed | None = None
 
@@ -161,9 +215,13 @@ class RetentionTrimmer(Service):
             try:
                 lease = await acquire(engine, self.lease_name, self.holder, ttl)
             except (SQLAlchemyError, OSError) as exc:
-                logger.warning("could not renew the retention lease: %r", exc)
+                self.renewal.raise_(
+                    "renew", f"could not renew the retention lease: {exc!r}", logging.WARNING
+                )
                 held = self.lease
                 lease = held if held and held.expires > datetime.now(UTC) else None
+            else:
+                self.renewal.clear("renew", "the retention lease can be renewed again")
             if lease is not None and self.lease is None:
                 logger.info("leading retention trimming (epoch %d)", lease.epoch)
             elif lease is None and self.lease is not None:
@@ -203,13 +261,22 @@ class MetricsServer(Service):
     """Serves /metrics, /healthz and /readyz (see worker.http)."""
 
     name = "metrics_server"
+    starts_first = True
 
     async def start(self) -> None:
         s = self.settings
         engine = create_engine(s.database_url, pool_size=1)
         expect_persister = EventPersister.enabled(s)
         try:
-            server = await serve(s.metrics_host, s.metrics_port, router(engine, expect_persister))
+            try:
+                route = router(engine, expect_persister)
+                server = await serve(s.metrics_host, s.metrics_port, route)
+            except OSError as exc:
+                raise CannotStart(
+                    f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} "
+                    f"({exc.strerror or exc}); set PERSISTER_METRICS_PORT to a free port "
+                    "(or PERSISTER_METRICS_HOST)"
+                ) from None
             self.port = int(server.sockets[0].getsockname()[1])
             logger.info("serving metrics on http://%s:%d/metrics", s.metrics_host, self.port)
             async with server:

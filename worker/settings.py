@@ -4,6 +4,8 @@ directory, validated once at start-up, frozen afterwards."""
 from __future__ import annotations
 
 import os
+import re
+import socket
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -32,6 +34,12 @@ from schemas.limits import (
 
 ENV_PREFIX = "PERSISTER_"
 SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
+
+
+def replica_id() -> str:
+    """This process, as `status` names it: `<host>:<pid>`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -105,7 +113,8 @@ class Settings(BaseSettings):
     # Static membership: a restarted replica with the same id gets its
     # partitions back without a rebalance (within the session timeout).
     group_instance_id: str | None = None
-    client_id: str = "event-persister"
+    # Default: `replica_id()`, so `status` tells the replicas apart.
+    client_id: str | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_s: float = Field(45.0, gt=0)
     max_poll_interval_s: float = Field(300.0, gt=0)
@@ -171,6 +180,17 @@ class Settings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
+    @field_validator("topic_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        # Checked here, not by the client library on its first metadata update.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"is not a regular expression ({exc})") from None
+        return value
+
     @field_validator("group_id")
     @classmethod
     def _indexable_group_id(cls, value: str) -> str:
@@ -205,23 +225,32 @@ class Settings(BaseSettings):
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError(
-                f"kafka_security_protocol {self.kafka_security_protocol} needs "
-                "kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password"
+                f"PERSISTER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "PERSISTER_KAFKA_SASL_MECHANISM, PERSISTER_KAFKA_SASL_USERNAME and "
+                "PERSISTER_KAFKA_SASL_PASSWORD"
             )
         if self.max_batch_bytes > self.max_buffered_bytes:
-            raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
+            raise ValueError(
+                "PERSISTER_MAX_BATCH_BYTES must not exceed PERSISTER_MAX_BUFFERED_BYTES"
+            )
         if self.max_message_bytes > self.max_batch_bytes:
-            raise ValueError("max_message_bytes must not exceed max_batch_bytes")
+            raise ValueError(
+                "PERSISTER_MAX_MESSAGE_BYTES must not exceed PERSISTER_MAX_BATCH_BYTES"
+            )
         for pattern, kept in self.retention_overrides.items():
             if kept > self.retention:
                 raise ValueError(
-                    f"retention override {pattern!r} ({kept}) is longer than retention "
-                    f"({self.retention}); an override can only shorten it"
+                    f"PERSISTER_RETENTION_OVERRIDES: {pattern!r} ({kept}) is longer than "
+                    f"PERSISTER_RETENTION ({self.retention}); an override can only shorten it"
                 )
         if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:
-            raise ValueError("rebalance_flush_timeout_s must be below max_poll_interval_s")
+            raise ValueError(
+                "PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+            )
         if self.session_timeout_s >= self.max_poll_interval_s:
-            raise ValueError("session_timeout_s must be below max_poll_interval_s")
+            raise ValueError(
+                "PERSISTER_SESSION_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+            )
         return self
 
     @property
@@ -251,6 +280,9 @@ class Settings(BaseSettings):
                 keyfile=self.kafka_ssl_keyfile,
             )
         return options
+
+    def kafka_client_id(self) -> str:
+        return self.client_id or replica_id()
 
     def redacted_database_url(self) -> str:
         return make_url(self.database_url).render_as_string(hide_password=True)

@@ -33,7 +33,14 @@ def stack_info(local_stack: LocalStack) -> StackInfo:
     return local_stack.info
 
 
-TABLES = ("events", "event_resources", "consumer_offsets", "dead_letters", "leader_leases")
+TABLES = (
+    "events",
+    "event_resources",
+    "consumer_offsets",
+    "dead_letters",
+    "leader_leases",
+    "partition_controls",
+)
 
 
 async def emptied(url: str) -> AsyncEngine:

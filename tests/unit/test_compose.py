@@ -87,8 +87,11 @@ def test_prometheus_scrapes_the_workers_metrics_port(compose: dict[str, Any]) ->
 def test_dashboard_queries_name_existing_metrics() -> None:
     dashboard = json.loads((COMPOSE / "grafana/dashboards/event-persister.json").read_text())
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    suffixes |= {"info": ["_info"]}
     exported = {
-        family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, [""])
     }
     titles = set()
     for panel in dashboard["panels"]:
@@ -103,3 +106,42 @@ def test_the_image_ships_the_code_and_runs_the_cli() -> None:
     dockerfile = (COMPOSE / "Dockerfile").read_text()
     for line in ("COPY worker ./worker", "COPY schemas ./schemas", 'ENTRYPOINT ["persister"]'):
         assert line in dockerfile
+
+
+def test_migrate_retries_until_the_database_answers_over_tcp(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["migrate"]["restart"] == "on-failure"
+    check = services["postgres"]["healthcheck"]["test"]
+    assert check == ["CMD-SHELL", "pg_isready -h 127.0.0.1 -p 5432 -U postgres -d events"]
+
+
+def test_the_image_installs_pinned_versions_of_every_dependency() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    assert "RUN pip install --no-cache-dir -c constraints.txt ." in dockerfile
+    lines = (COMPOSE / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert all(re.fullmatch(r"[0-9][0-9a-z.]*", version) for version in pins.values())
+    project = tomllib.loads((COMPOSE.parent / "pyproject.toml").read_text())["project"]
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, name
+        assert requirement.specifier.contains(pins[name]), (name, pins[name])
+    assert "greenlet" in pins  # sqlalchemy[asyncio]
+
+
+def test_only_the_code_reaches_the_image_build() -> None:
+    ignored = (COMPOSE.parent / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored
+    allowed = {line[1:] for line in ignored if line.startswith("!")}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "worker/",
+        "schemas/",
+        "compose/constraints.txt",
+    }

@@ -47,7 +47,7 @@ def test_sasl_without_credentials_is_refused(missing: str) -> None:
         "kafka_sasl_password": "p",
     }
     del values[missing]
-    with pytest.raises(ValidationError, match="needs kafka_sasl_mechanism"):
+    with pytest.raises(ValidationError, match="needs PERSISTER_KAFKA_SASL_MECHANISM"):
         Settings.model_validate(values)
 
 

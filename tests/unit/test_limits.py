@@ -98,6 +98,8 @@ TEXT_BOUNDS = {
     ("dead_letters", "group_id"): MAX_GROUP_ID_BYTES,
     ("dead_letters", "topic"): MAX_TOPIC_CHARS,
     ("leader_leases", "name"): utf8_length(RetentionTrimmer.lease_name),
+    ("partition_controls", "group_id"): MAX_GROUP_ID_BYTES,
+    ("partition_controls", "topic"): MAX_TOPIC_CHARS,
 }
 
 

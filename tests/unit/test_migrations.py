@@ -30,7 +30,14 @@ from schemas.migrate import alembic_config, upgrade
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
 
-TABLES = {"events", "event_resources", "consumer_offsets", "dead_letters", "leader_leases"}
+TABLES = {
+    "events",
+    "event_resources",
+    "consumer_offsets",
+    "dead_letters",
+    "leader_leases",
+    "partition_controls",
+}
 
 INDEXES = {
     "events": {
@@ -45,6 +52,7 @@ INDEXES = {
     "consumer_offsets": set(),
     "dead_letters": {"ix_dead_letters__group_id_topic_partition_offset"},
     "leader_leases": set(),
+    "partition_controls": set(),
 }
 
 PRIMARY_KEYS = {
@@ -53,6 +61,7 @@ PRIMARY_KEYS = {
     "consumer_offsets": ("pk_consumer_offsets", ["group_id", "topic", "partition"]),
     "dead_letters": ("pk_dead_letters", ["id"]),
     "leader_leases": ("pk_leader_leases", ["name"]),
+    "partition_controls": ("pk_partition_controls", ["group_id", "topic", "partition"]),
 }
 
 
@@ -146,7 +155,7 @@ def head() -> str | None:
 def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
 
 
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:

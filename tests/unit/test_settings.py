@@ -8,6 +8,7 @@ empty directory of its own unless it says otherwise.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def test_defaults_validate(secrets: Path) -> None:
     assert s.topics == ("events",)
     assert s.topic_pattern is None
     assert s.group_id == "event-persister"
-    assert s.client_id == "event-persister"
+    assert s.client_id is None
+    assert s.kafka_client_id() == f"{socket.gethostname()}:{os.getpid()}"
     assert s.auto_offset_reset == "earliest"
     assert s.session_timeout_s == 45.0
     assert s.max_poll_interval_s == 300.0
@@ -320,7 +322,11 @@ def test_group_id_that_an_index_entry_cannot_hold_is_rejected(secrets: Path, gro
 
 def test_max_message_bytes_above_max_batch_bytes_is_rejected(secrets: Path) -> None:
     assert errors(secrets, max_batch_bytes=2048, max_message_bytes=2049) == [
-        ((), "value_error", "Value error, max_message_bytes must not exceed max_batch_bytes")
+        (
+            (),
+            "value_error",
+            "Value error, PERSISTER_MAX_MESSAGE_BYTES must not exceed PERSISTER_MAX_BATCH_BYTES",
+        )
     ]
 
 
@@ -331,13 +337,17 @@ def test_max_message_bytes_equal_to_max_batch_bytes_is_accepted(secrets: Path) -
 
 def test_session_timeout_equal_to_max_poll_interval_is_rejected(secrets: Path) -> None:
     assert errors(secrets, session_timeout_s=60, max_poll_interval_s=60) == [
-        ((), "value_error", "Value error, session_timeout_s must be below max_poll_interval_s")
+        (
+            (),
+            "value_error",
+            "Value error, PERSISTER_SESSION_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S",
+        )
     ]
 
 
 def test_session_timeout_above_max_poll_interval_is_rejected(secrets: Path) -> None:
     assert [e[2] for e in errors(secrets, session_timeout_s=61, max_poll_interval_s=60)] == [
-        "Value error, session_timeout_s must be below max_poll_interval_s"
+        "Value error, PERSISTER_SESSION_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
     ]
 
 
@@ -351,7 +361,8 @@ def test_rebalance_flush_timeout_must_be_below_max_poll_interval(secrets: Path) 
         (
             (),
             "value_error",
-            "Value error, rebalance_flush_timeout_s must be below max_poll_interval_s",
+            "Value error, PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below "
+            "PERSISTER_MAX_POLL_INTERVAL_S",
         )
     ]
 

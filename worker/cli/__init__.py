@@ -1,7 +1,32 @@
 """The `persister` command line."""
 
-from worker.cli import operate, service
-from worker.cli.common import app
+from __future__ import annotations
+
+import typer
+
+from worker.cli import control, operate, service
+from worker.cli.common import EXIT_BAD_SETTINGS, app, report
 
 # Importing the command modules registers their commands on `app`.
-__all__ = ["app", "operate", "service"]
+__all__ = ["app", "control", "operate", "run_app", "service"]
+
+
+def run_app(args: list[str]) -> int:
+    """Run one command; whatever happens, at most one line on stderr says
+    what failed (see `worker.cli.failures` for the exit codes)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args, prog_name="persister", standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help())
+            return EXIT_BAD_SETTINGS
+        where = f"; see `{context.command_path} --help`" if context is not None else ""
+        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        return EXIT_BAD_SETTINGS
+    except typer.Abort:
+        return 130
+    except Exception as exc:
+        return report(exc)
+    return code if isinstance(code, int) else 0

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.cli.common import (
     EXIT_BAD_SETTINGS,
     EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
     app,
-    configure_logging,
-    load_settings,
+    explain_line,
+    setup,
     with_engine,
 )
+from worker.database_wait import ping
 from worker.dead_letter_admin import (
     SendBackFailed,
     dead_letters_json,
@@ -31,11 +34,14 @@ from worker.dead_letter_admin import (
     send_back,
 )
 from worker.kafka_admin import KafkaView
-from worker.replay import Move, ReplayRefused, Target, apply, plan
+from worker.replay import Move, ReplayRefused, Target, apply, followed, plan
 from worker.services import RetentionTrimmer
 from worker.settings import parse_duration
 from worker.status import Status, gather
 from worker.status_view import status_json, status_table
+
+# How long `replay --force` waits for the live workers' Kafka commits.
+FOLLOW_TIMEOUT_S = 10.0
 
 
 def replay_target(
@@ -63,8 +69,8 @@ def replay_target(
 
 @app.command()
 def replay(
-    group: Annotated[str, typer.Option(help="The consumer group.")],
     topic: Annotated[str, typer.Option(help="The topic to replay.")],
+    group: Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")] = None,
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
     to_earliest: Annotated[bool, typer.Option("--to-earliest", help="From the start.")] = False,
     to_offset: Annotated[int | None, typer.Option(help="From this offset.")] = None,
@@ -80,36 +86,53 @@ def replay(
     Exit codes: 0 moved (or shown with --dry-run), 2 bad arguments, 3 refused
     because the group has live members (stop the workers, or --force)."""
     target = replay_target(to_earliest, to_offset, to_timestamp, by_duration)
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
+    group = group or settings.group_id
 
-    async def go(engine: AsyncEngine) -> list[Move]:
+    async def go(engine: AsyncEngine) -> tuple[list[Move], int, dict[int, int] | None]:
+        await ping(engine)  # the truth first: nothing is asked of Kafka without it
         async with KafkaView.open(settings) as view:
             moves = await plan(view, engine, group, topic, partition, target)
-            if not dry_run:
-                await apply(view, engine, group, topic, moves, force)
-            return moves
+            if dry_run:
+                return moves, 0, None
+            live = await apply(view, engine, group, topic, moves, force)
+            return moves, live, await followed(view, group, topic, moves, FOLLOW_TIMEOUT_S)
 
     try:
-        moves = asyncio.run(with_engine(settings, go))
+        moves, live, after = asyncio.run(with_engine(settings, go))
     except ReplayRefused as exc:
         typer.echo(f"refused: {exc}; stop the workers first, or pass --force", err=True)
         raise typer.Exit(EXIT_REFUSED) from None
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
-    show_moves(group, topic, moves, dry_run)
+    show_moves(group, topic, moves, after)
+    if live:
+        behind = [m.partition for m in moves if (after or {}).get(m.partition) != m.target]
+        typer.echo(
+            f"{live} live members were told to reload; "
+            + (
+                "each has committed the new offsets to Kafka"
+                if not behind
+                else f"Kafka's committed offsets of partitions {behind} do not follow yet "
+                "(a worker commits them once it owns and reloads the partition)"
+            )
+        )
 
 
-def show_moves(group: str, topic: str, moves: list[Move], dry_run: bool) -> None:
-    title = f"{'would move' if dry_run else 'moved'} group {group!r} on {topic!r}"
+def show_moves(group: str, topic: str, moves: list[Move], after: dict[int, int] | None) -> None:
+    title = f"{'would move' if after is None else 'moved'} group {group!r} on {topic!r}"
     table = Table(title=title)
-    for column in ("partition", "stored (before)", "Kafka committed (before)", "after", "re-read"):
+    columns = ["partition", "stored (before)", "Kafka committed (before)", "stored (after)"]
+    columns += ["re-read"] + ([] if after is None else ["Kafka committed (after)"])
+    for column in columns:
         table.add_column(column, justify="right")
     for m in moves:
         cells = [m.partition, m.stored, m.committed, m.target, m.events]
+        if after is not None:
+            cells.append(after.get(m.partition))
         table.add_row(*("-" if v is None else str(v) for v in cells))
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
 
 
 @app.command()
@@ -118,12 +141,14 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
-    """Where the group stands: offsets, lag, members, trimmer leader, dead letters.
+    """Where the group stands, like `kafka-consumer-groups --describe`.
 
-    Per partition: the stored offset (where workers resume), Kafka's committed
-    offset, the log end, the lag and the last flush."""
-    settings = load_settings()
-    configure_logging("WARNING")
+    Per partition: the member that owns it (`<host>:<pid>` by default), the
+    stored offset (where workers resume), Kafka's committed offset, the log
+    end, the lag and the last flush; the trimmer leader; dead letters.
+    Exit 3 for a group nothing knows. `--watch` goes on through outages of
+    Kafka or the database, showing them under the last table."""
+    settings = setup("WARNING")
     name = group or settings.group_id
 
     async def gather_with(engine: AsyncEngine) -> Status:
@@ -134,17 +159,41 @@ def status(
     def once() -> Status:
         return asyncio.run(with_engine(settings, gather_with))
 
+    if watch:
+        watch_status(once)
+        return
+    found = once()
+    if not found.known:
+        typer.echo(
+            f"group {name!r} is unknown: no members, no stored or committed offsets "
+            "(check --group or PERSISTER_GROUP_ID)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_REFUSED)
     if as_json:
-        typer.echo(status_json(once()))
-        return
-    if not watch:
-        Console().print(status_table(once()))
-        return
-    with Live(status_table(once()), auto_refresh=False) as live:
+        typer.echo(status_json(found))
+    else:
+        Console().print(status_table(found))
+
+
+def watch_status(once: Callable[[], Status]) -> None:
+    """Refresh every 2 s until Ctrl-C; a failure shows, with the time it
+    began, under the last table that could be gathered."""
+    shown: RenderableType = Text("gathering...")
+    failing_since: datetime | None = None
+    with Live(shown, auto_refresh=False) as live:
         try:
             while True:
+                try:
+                    shown, failing_since = status_table(once()), None
+                    live.update(shown, refresh=True)
+                except Exception as exc:  # any failure of either dependency
+                    failing_since = failing_since or datetime.now(UTC)
+                    line = explain_line(exc)
+                    since = failing_since.strftime("%H:%M:%S")
+                    problem = Text(f"since {since} UTC: {line}; retrying", style="bold red")
+                    live.update(Group(shown, problem), refresh=True)
                 time.sleep(2)
-                live.update(status_table(once()), refresh=True)
         except KeyboardInterrupt:
             pass
 
@@ -162,8 +211,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Dead letters, oldest first: where each came from and why it failed."""
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
     letters = asyncio.run(
         with_engine(
             settings,
@@ -192,14 +240,13 @@ def dlq_replay(
 ) -> None:
     """Send dead letters back to their topic and partition, e.g. after a fix.
 
-    Exit codes: 0 sent, 1 Kafka failed (one line), 2 bad arguments or no such
+    Exit codes: 0 sent, 4 Kafka failed (one line), 2 bad arguments or no such
     id, 3 refused: a value larger than PERSISTER_MAX_MESSAGE_BYTES (nothing is
     sent), or one its topic refuses as too large (nothing after it is sent)."""
     if value_file is not None and len(ids) != 1:
         raise typer.BadParameter("--value-file goes with exactly one --id")
     value = value_file.read_bytes() if value_file is not None else None
-    settings = load_settings()
-    configure_logging("WARNING")
+    settings = setup("WARNING")
     letters = asyncio.run(with_engine(settings, lambda e: list_dead_letters(e, ids=ids)))
     missing = sorted(set(ids) - {d.id for d in letters})
     if missing:
@@ -222,8 +269,5 @@ def dlq_replay(
             typer.echo(f"refused: {exc}; raise the topic's max.message.bytes", err=True)
             raise typer.Exit(EXIT_REFUSED) from None
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KafkaError as exc:
-        typer.echo(f"error: cannot send to Kafka: {exc!r}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
     typer.echo(f"sent {sent} dead letters back to their topics")

@@ -13,16 +13,18 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.migrate import upgrade
 from worker import loadgen, stack
 from worker.cli.common import (
     EXIT_BAD_SETTINGS,
     app,
-    configure_logging,
-    load_settings,
+    setup,
     with_engine,
 )
+from worker.cli.failures import DatabaseFailure
+from worker.client_logs import collapse_client_logs, sweep_forever
 from worker.codecs import CodecError, check_codecs
 from worker.kafka_admin import create_topic
 from worker.retention import trim
@@ -36,10 +38,26 @@ app.add_typer(stack_app, name="stack")
 
 
 async def _run_until_signalled(settings: Settings) -> None:
+    client_lines = collapse_client_logs()
+    sweeper = asyncio.create_task(sweep_forever(client_lines))
+    try:
+        await _services_until_signalled(settings)
+    finally:
+        sweeper.cancel()
+
+
+def _drain() -> None:
+    for service in Service.current:
+        service.drain()
+
+
+async def _services_until_signalled(settings: Settings) -> None:
     task = asyncio.create_task(Service.run_services(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    # Drain: leave the group (flushing and committing first), stay up.
+    loop.add_signal_handler(signal.SIGUSR1, _drain)
     try:
         await task
     except asyncio.CancelledError:
@@ -49,8 +67,7 @@ async def _run_until_signalled(settings: Settings) -> None:
 @app.command()
 def run() -> None:
     """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    settings = setup()
     try:
         check_codecs()
     except CodecError as exc:
@@ -72,9 +89,11 @@ def run() -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database tables (Alembic migrations)."""
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    upgrade(settings.database_url)
+    settings = setup()
+    try:
+        upgrade(settings.database_url)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise DatabaseFailure(str(exc)) from exc
     typer.echo(f"migrated {settings.redacted_database_url()}")
 
 
@@ -89,11 +108,11 @@ def trim_command(
     operators."""
     if not once:
         typer.echo(
-            "trim runs once per call: pass --once (the service trims periodically)", err=True
+            "error: trim runs once per call: pass --once (the service trims periodically)",
+            err=True,
         )
         raise typer.Exit(EXIT_BAD_SETTINGS)
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    settings = setup()
 
     trimmed = asyncio.run(
         with_engine(settings, lambda engine: trim(engine, settings, None, dry_run=dry_run))
@@ -134,7 +153,7 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
 ) -> None:
     """Send realistic events (and optionally bad messages) to a topic."""
-    settings = load_settings()
+    settings = setup("WARNING")
     name = topic or settings.topics[0]
 
     async def go() -> int:

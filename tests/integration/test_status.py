@@ -1,0 +1,173 @@
+"""`persister status` as an operator reads it: who owns which partition,
+unknown groups and missing topics, and `--watch` through a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.integration.support import (
+    create_topic,
+    end_offsets,
+    send,
+    unique,
+    wait_persisted,
+)
+from tests.integration.workers import WorkerPool, worker_env
+from worker.loadgen import messages
+from worker.stack import LocalStack, StackInfo
+
+
+def status(info: StackInfo, *args: str, topics: str = "events") -> tuple[int, str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PERSISTER_") and k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    }
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": info.kafka_bootstrap_servers,
+        "DATABASE_URL": info.database_url,
+        "PERSISTER_TOPICS": topics,
+        "COLUMNS": "80",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "status", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+async def test_status_maps_each_partition_to_its_member(
+    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    topic = unique("status")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 4)
+    await send(stack_info, topic, messages(40, seed=5), partition=None)
+    async with WorkerPool(worker_env(stack_info, topic, group), tmp_path / "w") as pool:
+        await asyncio.to_thread(pool.start, 2)
+        ends = await end_offsets(stack_info, topic, 4)
+        await wait_persisted(engine, group, topic, ends)
+
+        async def settled() -> dict[str, object]:
+            while True:
+                code, out, err = await asyncio.to_thread(
+                    status, stack_info, "--group", group, "--json", topics=f"{topic},nosuch-topic"
+                )
+                assert (code, err) == (0, "")
+                document: dict[str, object] = orjson.loads(out)
+                members = document["members"]
+                assert isinstance(members, list)
+                if len(members) == 2 and all(m["partitions"] for m in members):
+                    return document
+                await asyncio.sleep(0.5)
+
+        document = await asyncio.wait_for(settled(), 30)
+        pids = {pool.pid(0), pool.pid(1)}
+    members = document["members"]
+    partitions = document["partitions"]
+    assert isinstance(members, list) and isinstance(partitions, list)
+    hostname = os.uname().nodename
+    assert {m["client_id"] for m in members} == {f"{hostname}:{pid}" for pid in pids}
+    owner = {p: m["client_id"] for m in members for p in m["partitions"]}
+    assert len(owner) == 4
+    assert {f"{p['topic']}[{p['partition']}]": p["member"] for p in partitions} == owner
+    assert [(p["stored"], p["end"], p["lag"]) for p in partitions] == [
+        (ends[i], ends[i], 0) for i in range(4)
+    ]
+    assert document["missing_topics"] == ["nosuch-topic"]
+    leader = document["leader"]
+    assert isinstance(leader, dict) and leader["holder"] in {m["client_id"] for m in members}
+
+
+def test_status_of_an_unknown_group_says_so(stack_info: StackInfo, engine: AsyncEngine) -> None:
+    assert status(stack_info, "--group", "nobody-knows") == (
+        3,
+        "",
+        "group 'nobody-knows' is unknown: no members, no stored or committed offsets "
+        "(check --group or PERSISTER_GROUP_ID)\n",
+    )
+
+
+def read_for(fd: int, seconds: float) -> str:
+    out = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    return out.decode(errors="replace")
+
+
+def wait_for_text(fd: int, needle: str, timeout_s: float) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while needle not in seen:
+        assert time.monotonic() < deadline, f"{needle!r} not shown in: {seen[-2000:]}"
+        seen += read_for(fd, 0.5)
+    return seen
+
+
+def test_watch_goes_on_through_a_database_restart(
+    local_stack: LocalStack, stack_info: StackInfo
+) -> None:
+    topic = unique("watch")
+    asyncio.run(create_topic(stack_info, topic, 1))
+    group = f"group-{topic}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PERSISTER_") and k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    }
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": stack_info.kafka_bootstrap_servers,
+        "DATABASE_URL": stack_info.database_url,
+        "PERSISTER_TOPICS": topic,
+        "PERSISTER_GROUP_ID": group,
+        "COLUMNS": "100",
+        "TERM": "xterm",
+    }
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "status", "--watch"],
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        close_fds=True,
+    )
+    os.close(terminal)
+    try:
+        wait_for_text(controller, f"group '{group}'", 30)
+        local_stack.stop_postgres()
+        try:
+            shown = wait_for_text(controller, "unreachable", 30)
+            assert "; retrying" in shown
+            assert proc.poll() is None
+        finally:
+            local_stack.start_postgres()
+        # Back: the table again, without the problem line.
+        after = wait_for_text(controller, f"group '{group}'", 30)
+        assert proc.poll() is None
+        assert "Traceback" not in after
+    finally:
+        proc.send_signal(2)  # Ctrl-C: how an operator leaves it
+        code = proc.wait(30)
+        os.close(controller)
+    assert code == 0

@@ -1,0 +1,46 @@
+"""Commands that steer a running group without stopping it: pause, resume."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from schemas.limits import MAX_GROUP_ID_BYTES, MAX_TOPIC_CHARS, utf8_length
+from worker.cli.common import app, setup, with_engine
+from worker.controls import set_paused
+
+Topic = Annotated[str, typer.Option(help="The topic.")]
+Partition = Annotated[int | None, typer.Option(min=0, help="Only this partition.")]
+Group = Annotated[str | None, typer.Option(help="Default: PERSISTER_GROUP_ID.")]
+
+
+def _set(topic: str, partition: int | None, group: str | None, paused: bool) -> None:
+    settings = setup("WARNING")
+    name = group or settings.group_id
+    # Both are part of a key: keep them to what an index entry holds.
+    if utf8_length(name) > MAX_GROUP_ID_BYTES or len(topic) > MAX_TOPIC_CHARS:
+        raise typer.BadParameter(
+            f"a group is at most {MAX_GROUP_ID_BYTES} bytes, a topic {MAX_TOPIC_CHARS} characters"
+        )
+    asyncio.run(
+        with_engine(settings, lambda engine: set_paused(engine, name, topic, partition, paused))
+    )
+    which = f"{topic}[{partition}]" if partition is not None else f"every partition of {topic}"
+    verb = "paused" if paused else "resumed"
+    typer.echo(f"{verb} {which} for group {name!r}; its owner follows within 2 s")
+
+
+@app.command()
+def pause(topic: Topic, partition: Partition = None, group: Group = None) -> None:
+    """Stop fetching a topic (or one partition) on whichever replica owns it,
+    until `resume`; kept in the database, so it outlasts rebalances and
+    restarts. What is buffered is still written."""
+    _set(topic, partition, group, paused=True)
+
+
+@app.command()
+def resume(topic: Topic, partition: Partition = None, group: Group = None) -> None:
+    """Fetch a paused topic (every partition of it) or partition again."""
+    _set(topic, partition, group, paused=False)

@@ -1,0 +1,122 @@
+"""Every way a command can fail, as one line on stderr and an exit code.
+
+Exit codes:
+
+- 0 done;
+- 1 an unexpected failure (a bug: one line; `PERSISTER_LOG_LEVEL=DEBUG`
+  adds the traceback);
+- 2 bad settings or arguments (nothing was connected to);
+- 3 refused (the command would do harm, or could not do what was asked);
+- 4 Kafka or the database cannot be used: unreachable, credentials refused,
+  the database or its tables missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from worker.services import CannotStart
+
+EXIT_UNEXPECTED = 1
+EXIT_BAD_SETTINGS = 2
+EXIT_REFUSED = 3
+EXIT_UNAVAILABLE = 4
+
+
+class Failure(Exception):
+    """A failure already put in words, with its exit code."""
+
+    def __init__(self, code: int, line: str) -> None:
+        super().__init__(line)
+        self.code = code
+        self.line = line
+
+
+class DatabaseFailure(Exception):
+    """The database could not be used (wraps what the driver raised)."""
+
+
+@dataclass
+class LastClientError:
+    """The client library's last WARNING or ERROR line: it says why a
+    connection failed (a refused login) when the raised error only says
+    that it did."""
+
+    message: str | None = None
+
+
+last_client_error = LastClientError()
+
+
+class _Remember(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        last_client_error.message = record.getMessage()
+
+
+def capture_client_logs() -> None:
+    """Keep aiokafka's lines from the terminal, remembering the last one."""
+    client = logging.getLogger("aiokafka")
+    client.handlers = [_Remember(logging.WARNING)]
+    client.propagate = False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def kafka_line(exc: KafkaError, servers: str) -> str:
+    reason = last_client_error.message or ""
+    if "Authentication failed" in reason or "SaslAuthenticationFailed" in reason:
+        return (
+            f"Kafka refused the login at {servers}: {reason.split(': ', 1)[-1]}; check "
+            "PERSISTER_KAFKA_SASL_USERNAME, PERSISTER_KAFKA_SASL_PASSWORD and "
+            "PERSISTER_KAFKA_SASL_MECHANISM"
+        )
+    if isinstance(exc, KafkaConnectionError):
+        return (
+            f"Kafka is unreachable at {servers}; check KAFKA_BOOTSTRAP_SERVERS, "
+            "PERSISTER_KAFKA_SECURITY_PROTOCOL and that the brokers run"
+        )
+    return (
+        f"Kafka at {servers} failed: {type(exc).__name__}: {_first_line(exc)}; check the "
+        "brokers, then try again"
+    )
+
+
+def database_line(exc: BaseException, where: str) -> str:
+    cause = exc.__cause__ or exc
+    if isinstance(cause, DBAPIError) and cause.orig is not None:
+        text = _first_line(cause.orig)
+        # "(sqlalchemy.dialects.postgresql.asyncpg.Error) <the server's words>"
+        text = text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text
+        if "relation" in text and "does not exist" in text:
+            return f"database {where}: {text}; run `persister migrate`"
+        return f"database {where} refused: {text}; check DATABASE_URL"
+    if isinstance(cause, OSError | TimeoutError):
+        return (
+            f"database {where} is unreachable ({type(cause).__name__}: {_first_line(cause)}); "
+            "check DATABASE_URL and that PostgreSQL runs"
+        )
+    return f"database {where} failed: {type(cause).__name__}: {_first_line(cause)}"
+
+
+def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
+    """The one line and exit code for `exc`."""
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, CannotStart):
+        return Failure(EXIT_BAD_SETTINGS, str(exc))
+    if isinstance(exc, KafkaError):
+        return Failure(EXIT_UNAVAILABLE, kafka_line(exc, kafka_servers))
+    if isinstance(exc, DatabaseFailure | SQLAlchemyError):
+        return Failure(EXIT_UNAVAILABLE, database_line(exc, database))
+    return Failure(
+        EXIT_UNEXPECTED,
+        f"unexpected failure: {type(exc).__name__}: {_first_line(exc)} "
+        "(PERSISTER_LOG_LEVEL=DEBUG shows where)",
+    )
