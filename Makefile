@@ -36,6 +36,9 @@ install: $(BIN)/persister ## Create .venv with exactly the locked versions; fetc
 lock: $(UV_VENV)/bin/uv ## Upgrade the locks to the newest versions pyproject.toml allows
 	$(UV) lock --upgrade --python $(PYTHON)
 	$(UV) pip compile -q --upgrade --python-version 3.11 $(PREFECT_REQUIREMENTS) -o $(PREFECT_LOCK)
+	( sed -n '1,2p' compose/constraints.txt; $(UV) export --frozen --no-dev --no-hashes \
+	  --no-emit-project --no-annotate --no-header ) > compose/constraints.new
+	mv compose/constraints.new compose/constraints.txt
 
 $(PREFECT_VENV)/installed: $(PREFECT_LOCK) $(UV_VENV)/bin/uv
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(PREFECT_VENV)

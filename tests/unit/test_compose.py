@@ -123,7 +123,13 @@ def test_the_image_installs_pinned_versions_of_every_dependency() -> None:
     dockerfile = (COMPOSE / "Dockerfile").read_text()
     assert "RUN pip install --no-cache-dir -c constraints.txt ." in dockerfile
     lines = (COMPOSE / "constraints.txt").read_text().splitlines()
-    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    pins = dict(
+        line.split(" ;")[0].split("==") for line in lines if line and not line.startswith("#")
+    )
+    # The same versions as uv.lock, which `make install` and CI install.
+    lock = tomllib.loads((COMPOSE.parent / "uv.lock").read_text())
+    locked = {(p["name"], p["version"]) for p in lock["package"]}
+    assert {(name, version) for name, version in pins.items()} <= locked
     assert all(re.fullmatch(r"[0-9][0-9a-z.]*", version) for version in pins.values())
     project = tomllib.loads((COMPOSE.parent / "pyproject.toml").read_text())["project"]
     for dependency in project["dependencies"]:
