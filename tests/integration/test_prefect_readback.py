@@ -252,7 +252,7 @@ async def test_prefect_reads_what_the_worker_stored(
 
     # Prefect created no table and migrated nothing.
     assert await schema(engine) == tables
-    assert tables[1] == "0004"
+    assert tables[1] == "0005"
 
     # Events read by Prefect are the events produced, through every filter,
     # newest first (Prefect's default order); the counts are exact.
