@@ -11,9 +11,10 @@ character is 1 to 4 of them). The entries of `schemas.tables` that hold text:
   ``event_resources (resource_id, occurred)``: an 8-byte entry header, a 4-byte
   text header, the text, padding to 8, an 8-byte timestamp: at most 2,684
   bytes of text.
-- ``event_resources`` primary key ``(event_id, resource_role, resource_id)``:
-  the entry header, a 16-byte uuid, then two texts with 4-byte headers and up
-  to 3 bytes of padding between them: role and id together at most 2,669.
+- ``event_resources`` primary key ``(occurred, event_id, resource_role,
+  resource_id)``: the entry header, an 8-byte timestamp, a 16-byte uuid, then
+  two texts with 4-byte headers and up to 3 bytes of padding between them:
+  role and id together at most 2,661.
 - ``consumer_offsets (group_id, topic, partition)`` and the dead-letter origin
   index: a group id (a setting) and a topic name (Kafka allows 249 ASCII
   characters).

@@ -8,16 +8,27 @@ values are those of Prefect's `as_database_row()` and
 row ids of `event_resources`, `created`, `updated`, `recorded`) are filled by
 the database here, so the insert does not carry them.
 
-Each index exists for a named query:
+On PostgreSQL both are partitioned by range of `occurred` (see
+`schemas.partitions`): every key includes `occurred`, and an index that leads
+with it is appended to at its right edge, which is cheap at any size. The
+indexes led by random values (event ids, names, resource ids) stay as small
+as one partition.
 
-- ``ix_events__occurred``: time-range reads ("events since T") and the retention
-  trimmer's ``occurred < cutoff`` batches.
-- ``ix_events__event_occurred``: reads by event type over time, and per-type
-  retention overrides.
-- ``ix_events__resource_id_occurred``: "events of this resource", newest first.
+Each key and index exists for a named query:
+
+- primary key of ``events`` ``(id, occurred)``: idempotent inserts (the same
+  id and occurred is stored once), and Prefect's lookups of events by id.
+- ``ix_events__occurred``: time-range reads ("events since T", newest first)
+  and the trimmer's ``occurred < cutoff`` batches.
+- ``ix_events__event_occurred``: reads by event name and name prefix over time
+  (``text_pattern_ops``, so ``LIKE 'prefix%'`` is a range scan in any collation),
+  and per-type retention.
+- ``ix_events__resource_id_occurred``: events of a resource id or id prefix.
+- primary key of ``event_resources`` ``(occurred, event_id, resource_role,
+  resource_id)``: one copy of each resource row; time-range reads of resource
+  rows and the trimmer's batches.
 - ``ix_event_resources__resource_id_occurred``: events that mention a resource
-  in any role (the related-resource lookup).
-- ``ix_event_resources__occurred``: the trimmer's range deletes on resource rows.
+  id or id prefix in any role (the related-resource lookup).
 - ``ix_dead_letters__group_id_topic_partition_offset`` (unique): finding a dead
   letter by where it came from, and writing each one once.
 """
@@ -88,10 +99,17 @@ def _random_uuid_sqlite(element: RandomUuid, compiler: SQLCompiler, **kw: Any) -
     return SQLITE_RANDOM_UUID
 
 
+# Index entries that only grow at their right edge (led by `occurred`) are
+# packed full: nothing is ever inserted between them.
+APPEND_ONLY: dict[str, Any] = {"fillfactor": 100}
+# A btree on text answers LIKE 'prefix%' only with these operators, unless
+# the database collation happens to be "C".
+PATTERN_OPS = "text_pattern_ops"
+
 events = Table(
     "events",
     metadata,
-    Column("id", Uuid, primary_key=True),
+    Column("id", Uuid, nullable=False),
     Column("occurred", Timestamp, nullable=False),
     Column("event", String(1024), nullable=False),
     Column("resource_id", Text, nullable=False),
@@ -104,15 +122,18 @@ events = Table(
     Column("follows", Uuid, nullable=True),
     Column("created", Timestamp, nullable=False, server_default=func.now()),
     Column("updated", Timestamp, nullable=False, server_default=func.now()),
-    Index(None, "occurred"),
-    Index(None, "event", "occurred"),
-    Index(None, "resource_id", "occurred"),
+    PrimaryKeyConstraint("id", "occurred"),
+    Index(None, "occurred", postgresql_with=APPEND_ONLY),
+    Index(None, "event", "occurred", postgresql_ops={"event": PATTERN_OPS}),
+    Index(None, "resource_id", "occurred", postgresql_ops={"resource_id": PATTERN_OPS}),
+    postgresql_partition_by="RANGE (occurred)",
 )
 
 # One row per (role, id) of an event's resources; the primary resource has
 # role "". The primary key makes a second copy of a resource row impossible,
-# whatever path wrote it. `resource` holds the labels other than
-# prefect.resource.id and prefect.resource.role (those are the columns).
+# whatever path wrote it; it leads with `occurred`, so it is appended to.
+# `resource` holds the labels other than prefect.resource.id and
+# prefect.resource.role (those are the columns).
 # `id` is what Prefect's ORM identifies a row by; nothing looks rows up by it,
 # so it has no index.
 event_resources = Table(
@@ -126,9 +147,11 @@ event_resources = Table(
     Column("id", Uuid, nullable=False, server_default=RandomUuid()),
     Column("created", Timestamp, nullable=False, server_default=func.now()),
     Column("updated", Timestamp, nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("event_id", "resource_role", "resource_id"),
-    Index(None, "resource_id", "occurred"),
-    Index(None, "occurred"),
+    # fillfactor 100 as APPEND_ONLY (set by the migration: SQLAlchemy has no
+    # option for it on a primary key).
+    PrimaryKeyConstraint("occurred", "event_id", "resource_role", "resource_id"),
+    Index(None, "resource_id", "occurred", postgresql_ops={"resource_id": PATTERN_OPS}),
+    postgresql_partition_by="RANGE (occurred)",
 )
 
 # Where each (group, topic, partition) has got to: the next offset to read.

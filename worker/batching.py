@@ -1,10 +1,15 @@
 """Per-partition buffers and the flush triggers. Pure state, no I/O.
 
-A partition's buffer holds fetched records in offset order. It is *due* when it
-holds `batch_size` records, or `max_batch_bytes`, or its oldest record has
-waited `flush_every_s`. A flush takes a batch off the front with `peek` and
-removes it with `consume` only after the batch is durably written, so a failed
-write leaves the buffer exactly as it was.
+A partition's buffer holds fetched records in offset order. It is *due* when
+the consumer has caught up with the partition (the last fetch reached the end
+of its log: waiting would only add latency), or it holds `batch_size`
+records, or `max_batch_bytes`, or its oldest record has waited
+`flush_every_s`. Batches so grow with the load: while one is written, what
+arrives meanwhile queues up and goes in the next; with a backlog, the fetches
+do not reach the log end and batches fill to `batch_size`. A flush takes a
+batch off the front with `peek` and removes it with `consume` only after the
+batch is durably written, so a failed write leaves the buffer exactly as it
+was.
 
 The consumer's position can run ahead of the last record: commit and abort
 markers of transactional producers, aborted batches and compacted records
@@ -56,6 +61,9 @@ class PartitionBuffer:
     # The offset stored after the last batch written (or loaded at reset);
     # None if nothing is stored for the partition.
     base: int | None = None
+    # The last fetch reached the end of the partition's log: nothing more is
+    # waiting in Kafka, so waiting for more records only adds latency.
+    caught_up: bool = False
 
     @property
     def advance_pending(self) -> bool:
@@ -123,10 +131,12 @@ class Accumulator:
         records: Iterable[Record],
         now: float,
         fetched_to: int | None = None,
+        log_end: int | None = None,
     ) -> int:
         """Append records in offset order, skipping re-fetched ones; then move
         the position on to `fetched_to` (the consumer's position after this
-        fetch) when it is further. Returns how many were added."""
+        fetch) when it is further, and note whether it reached `log_end` (the
+        end of the log as the fetch saw it). Returns how many were added."""
         buffer = self._buffers.setdefault(tp, PartitionBuffer())
         added = 0
         for record in records:
@@ -140,6 +150,9 @@ class Accumulator:
             added += 1
         if fetched_to is not None and (buffer.position is None or fetched_to > buffer.position):
             buffer.position = fetched_to
+        buffer.caught_up = (
+            log_end is not None and buffer.position is not None and buffer.position >= log_end
+        )
         if (added or buffer.advance_pending) and buffer.since is None:
             buffer.since = now
         return added
@@ -150,7 +163,8 @@ class Accumulator:
             return False
         t = self.triggers
         return (
-            len(buffer.records) >= t.batch_size
+            buffer.caught_up
+            or len(buffer.records) >= t.batch_size
             or buffer.nbytes >= t.max_batch_bytes
             or (buffer.since is not None and now - buffer.since >= t.flush_every_s)
         )

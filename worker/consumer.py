@@ -25,7 +25,7 @@ from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
 from worker.controls import ControlWatcher
 from worker.deadletter import DeadLetterPublisher
-from worker.fetching import Fetching, new_consumer, warn_missing_topics
+from worker.fetching import Fetching, log_end, new_consumer, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
@@ -209,10 +209,7 @@ class Persister:
         for tp, state in self.owned.items():
             # Read committed: the end is the last stable offset, not the
             # high watermark, while a transaction is open.
-            ktp = TopicPartition(*tp)
-            end = self.consumer.last_stable_offset(ktp)
-            if end is None or end < 0:
-                end = self.consumer.highwater(ktp)
+            end = log_end(self.consumer, TopicPartition(*tp))
             if end is not None and state.stored is not None:
                 metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
 

@@ -96,6 +96,15 @@ def fetch_position(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | Non
     return int(state.position) if state.has_valid_position else None
 
 
+def log_end(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | None:
+    """The end of the partition's log as the last fetch saw it: the last
+    stable offset (read committed), or the high watermark."""
+    end = consumer.last_stable_offset(ktp)
+    if end is None or end < 0:
+        end = consumer.highwater(ktp)
+    return None if end is None or end < 0 else int(end)
+
+
 def key(tp: TP) -> str:
     return f"{tp[0]}[{tp[1]}]"
 
@@ -138,7 +147,8 @@ class Fetching:
                 continue
             ktp = TopicPartition(*tp)
             records = fetched.get(ktp, [])
-            if self.accumulator.add(tp, records, now, fetch_position(consumer, ktp)):
+            end = log_end(consumer, ktp)
+            if self.accumulator.add(tp, records, now, fetch_position(consumer, ktp), end):
                 self._readable(tp, state, records[0].offset)
 
     def _readable(self, tp: TP, state: Owned, offset: int) -> None:

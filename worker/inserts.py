@@ -2,8 +2,9 @@
 
 PostgreSQL: ONE statement for both tables. Each column arrives as an array
 and is `unnest`ed (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`); the
-events insert returns the ids that were new, and a second data-modifying CTE
-inserts the resource rows of those ids only. One round trip and one prepared
+events insert returns the keys (id, occurred) that were new, and a second
+data-modifying CTE inserts the resource rows of those events only. An event
+is stored once per (id, occurred): see README, "Tables". One round trip and one prepared
 statement whatever the batch size, and no limit on bind parameters. JSON
 columns arrive as JSON text (see `worker.decoding`), so nothing is serialised
 twice.
@@ -14,6 +15,7 @@ as text for the same reason.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, Text, bindparam
@@ -56,10 +58,11 @@ def _both_tables_insert() -> str:
     )
     # Table and column names come from the schema, values are parameters.
     return (
-        f"WITH new AS ({_unnest_insert(events, returning='id')}), "  # noqa: S608
+        f"WITH new AS ({_unnest_insert(events, returning='id, occurred')}), "  # noqa: S608
         f"res AS (INSERT INTO event_resources ({', '.join(names)}) "
         f"SELECT * FROM unnest({arrays}) AS r({', '.join(names)}) "
-        "WHERE r.event_id IN (SELECT id FROM new) ON CONFLICT DO NOTHING RETURNING 1) "
+        "WHERE (r.event_id, r.occurred) IN (SELECT id, occurred FROM new) "
+        "ON CONFLICT DO NOTHING RETURNING 1) "
         "SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM res)"
     )
 
@@ -85,15 +88,17 @@ async def insert_events_and_resources(
         result = await conn.exec_driver_sql(EVENTS_AND_RESOURCES_SQL, arrays)
         n_events, n_resources = tuple(result.one())
         return int(n_events), int(n_resources)
-    new_ids = set(
-        (await conn.execute(_generic_insert(events).returning(events.c.id), event_rows))
-        .scalars()
-        .all()
-    )
-    fresh = [r for r in resources if r["event_id"] in new_ids]
+    returning = _generic_insert(events).returning(events.c.id, events.c.occurred)
+    new = {(i, _utc(o)) for i, o in (await conn.execute(returning, event_rows)).all()}
+    fresh = [r for r in resources if (r["event_id"], _utc(r["occurred"])) in new]
     if fresh:
         await conn.execute(_generic_insert(event_resources), fresh)
-    return len(new_ids), len(fresh)
+    return len(new), len(fresh)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns timestamps without their zone; they are stored in UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _generic_insert(table: Table) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, exists, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,16 +77,21 @@ async def current(engine: AsyncEngine, name: str) -> Lease | None:
     return None if row is None else Lease(name, row.holder, row.epoch, row.expires)
 
 
+def _held(lease: Lease) -> ColumnElement[bool]:
+    c = leader_leases.c
+    now = bindparam("lease_now", callable_=_now, type_=leader_leases.c.expires.type)
+    return and_(
+        c.name == lease.name, c.holder == lease.holder, c.epoch == lease.epoch, c.expires >= now
+    )
+
+
 def holds(lease: Lease) -> ColumnElement[bool]:
     """True while `lease` is still held, unexpired, with the same epoch. The
     time is taken each time a statement using it runs, not when it is built."""
-    c = leader_leases.c
-    now = bindparam("lease_now", callable_=_now, type_=leader_leases.c.expires.type)
-    return exists().where(
-        and_(
-            c.name == lease.name,
-            c.holder == lease.holder,
-            c.epoch == lease.epoch,
-            c.expires >= now,
-        )
-    )
+    return exists().where(_held(lease))
+
+
+def lock_if_held(lease: Lease) -> Select[tuple[str]]:
+    """The lease's row, locked until the transaction ends, if `lease` is still
+    held: no one can take the lease meanwhile (PostgreSQL)."""
+    return select(leader_leases.c.name).where(_held(lease)).with_for_update()

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     trim_every: Duration = timedelta(minutes=15)
     trim_batch_size: int = Field(10_000, ge=1, le=1_000_000)
     lease_ttl: Duration = timedelta(seconds=15)
+    # PostgreSQL: the time range of one partition of events and
+    # event_resources, and how many are kept created ahead of now.
+    partition_width: Duration = timedelta(days=1)
+    partitions_ahead: int = Field(2, ge=1, le=1000)
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9400, ge=0, le=65535)
@@ -189,6 +193,13 @@ class Settings(BaseSettings):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"is not a regular expression ({exc})") from None
+        return value
+
+    @field_validator("partition_width")
+    @classmethod
+    def _partition_width(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(days=366):
+            raise ValueError("must be between 1m and 366d")
         return value
 
     @field_validator("group_id")

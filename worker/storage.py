@@ -232,11 +232,16 @@ def batch_delete_statement(
     physical row id (PostgreSQL's ctid, SQLite's rowid), so the delete itself
     is a TID scan rather than a join over the table; with `order_by` (an
     indexed column such as `occurred`) the subquery is an index range scan
-    from the oldest row."""
-    row_id: ColumnElement[Any] = literal_column("ctid" if dialect == "postgresql" else "rowid")
-    chosen = select(row_id).select_from(model).where(condition).limit(batch_size)
+    from the oldest row. A ctid is only unique within one table, so on a
+    partitioned table the row id is (tableoid, ctid); the trimmer deletes
+    from one partition at a time instead."""
+    ids: list[ColumnElement[Any]] = [literal_column("ctid" if dialect == "postgresql" else "rowid")]
+    if dialect == "postgresql" and model.dialect_options["postgresql"].get("partition_by"):
+        ids.insert(0, literal_column("tableoid"))
+    chosen = select(*ids).select_from(model).where(condition).limit(batch_size)
     if order_by is not None:
         chosen = chosen.order_by(order_by)
+    row_id = ids[0] if len(ids) == 1 else tuple_(*ids)
     return delete(model).where(row_id.in_(chosen))
 
 

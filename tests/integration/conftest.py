@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import upgrade, upgrade_async
+from worker.settings import Settings
 from worker.stack import LocalStack, StackInfo
 from worker.storage import create_engine
+from worker.time_partitions import ensure_for
+
+
+async def partitions_ahead(url: str) -> None:
+    """What `persister migrate` does after the migrations on PostgreSQL."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        if engine.dialect.name == "postgresql":
+            await ensure_for(engine, Settings(), datetime.now(UTC))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +37,7 @@ def local_stack() -> Iterator[LocalStack]:
         try:
             stack.start()
             upgrade(stack.info.database_url)
+            asyncio.run(partitions_ahead(stack.info.database_url))
             yield stack
         finally:
             stack.stop()

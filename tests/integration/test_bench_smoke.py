@@ -52,7 +52,7 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     costs = result["index_costs"]
     assert costs[0]["config"] == "all indexes"
     assert costs[-1]["config"] == "primary keys only"
-    assert len(costs) == 7  # all, each of the 5 secondary indexes dropped, primary keys only
+    assert len(costs) == 6  # all, each of the 4 secondary indexes dropped, primary keys only
     assert all(cost["events_per_s"] > 0 for cost in costs)
 
     if importlib.util.find_spec("matplotlib") is not None:

@@ -8,18 +8,21 @@ to head, so every later test still finds the schema at head.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, insert, select
+from sqlalchemy import Connection, MetaData, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import alembic_config, upgrade_async
+from schemas.partitions import is_partition
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
+from tests.integration.conftest import partitions_ahead
 from worker.stack import StackInfo
 
 
@@ -30,7 +33,12 @@ async def downgrade(url: str, revision: str) -> None:
 
 async def differences(engine: AsyncEngine, target: MetaData) -> list[Any]:
     def compare(conn: Connection) -> list[Any]:
-        opts = {"compare_type": True, "compare_server_default": True}
+        opts = {
+            "compare_type": True,
+            "compare_server_default": True,
+            # Partitions are the parents' tables, not tables of the schema.
+            "include_name": lambda name, kind, _: kind != "table" or not is_partition(name),
+        }
         return list(compare_metadata(MigrationContext.configure(conn, opts=opts), target))
 
     async with engine.connect() as conn:
@@ -96,3 +104,57 @@ async def test_0004_keeps_the_data_and_drops_the_id_and_role_labels(
     finally:
         await engine.dispose()  # the downgrade changed the tables under its pool
         await upgrade_async(url)
+
+
+async def test_0006_partitions_the_tables_and_keeps_every_row(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    url = stack_info.database_url
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Rows of today and three days ago get daily partitions; January's are
+    # beyond the 92 days the migration covers, and go to the DEFAULT partition.
+    dated = [
+        {**e, "id": uuid4(), "occurred": when}
+        for e in old_rows.EVENTS
+        for when in (old_rows.OCCURRED, now - timedelta(days=3), now)
+    ]
+    resources = [
+        {
+            "event_id": e["id"],
+            "resource_role": role,
+            "resource_id": f"r{i}",
+            "occurred": e["occurred"],
+            "resource": {"n": str(i)},
+        }
+        for e in dated
+        for i, role in enumerate(("", "flow"))
+    ]
+    everything = {
+        table: text(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4")  # noqa: S608
+        for table in ("events", "event_resources")
+    }
+    placed = text("SELECT tableoid::regclass::text, count(*) FROM events GROUP BY 1 ORDER BY 1")
+    await downgrade(url, "0005")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(events), dated)
+            await conn.execute(insert(event_resources), resources)
+            before = {t: (await conn.execute(q)).all() for t, q in everything.items()}
+        assert [len(rows) for rows in before.values()] == [6, 12]
+
+        await engine.dispose()
+        await upgrade_async(url)
+        async with engine.connect() as conn:
+            after = {t: (await conn.execute(q)).all() for t, q in everything.items()}
+            where: dict[str, int] = {str(k): int(n) for k, n in (await conn.execute(placed)).all()}
+        assert after == before
+        day = "events_p{:%Y%m%d}_0000"
+        assert where == {
+            "events_default": 2,
+            day.format(now - timedelta(days=3)): 2,
+            day.format(now): 2,
+        }
+    finally:
+        await engine.dispose()
+        await upgrade_async(url)
+        await partitions_ahead(url)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Delete, TextClause, func, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import event_resources, events
@@ -22,11 +24,11 @@ from tests.integration.support import (
     wait_persisted,
 )
 from worker.consumer import Persister
+from worker.leader import acquire, release
 from worker.loadgen import messages
-from worker.retention import conditions, rules, trim
+from worker.retention import trim
 from worker.settings import Settings
 from worker.stack import StackInfo
-from worker.storage import batch_delete_statement
 
 EXPIRED = 1_000_000
 KEPT_OLD = 1_000
@@ -59,21 +61,40 @@ async def ingest_time(
     return time.monotonic() - started
 
 
-async def assert_batches_are_range_scans(engine: AsyncEngine) -> None:
-    """Each trim batch reads an index range on `occurred` and deletes by TID."""
-    cutoff = rules(datetime.now(UTC), timedelta(days=7), {})[-1]
-    for table, condition in zip((event_resources, events), conditions(cutoff), strict=True):
-        stmt = batch_delete_statement("postgresql", table, condition, 10_000, table.c.occurred)
+@contextmanager
+def deletes_captured(engine: AsyncEngine) -> Iterator[dict[str, Any]]:
+    """The DELETE statements run on `engine`, each with its last parameters."""
+    statements: dict[str, Any] = {}
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            statements[statement] = parameters
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+
+async def assert_batches_are_range_scans(engine: AsyncEngine, statements: dict[str, Any]) -> None:
+    """Each statement the trim ran on the partition holding the million rows
+    (the DEFAULT one: they are older than any partition) reads an index range
+    on `occurred`, checks the lease, and deletes by TID."""
+    checked = 0
+    for statement, parameters in statements.items():
+        table = statement.split()[2]
+        if table not in ("events_default", "event_resources_default"):
+            continue
         async with engine.connect() as conn:
-            plan = "\n".join((await conn.execute(explain(stmt))).scalars())
-        assert f"Index Scan using ix_{table.name}__occurred" in plan, plan
+            result = await conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            plan = "\n".join(row[0] for row in result)
+        index = "occurred_idx" if table == "events_default" else "pkey"
+        assert f"Index Scan using {table}_{index}" in plan, plan
         assert "Tid Scan" in plan, plan
-
-
-def explain(stmt: Delete) -> TextClause:
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    compiled = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    return text(f"EXPLAIN {compiled}")
+        assert "leader_leases" in plan, plan
+        checked += 1
+    assert checked == 2, list(statements)
 
 
 async def test_trim_a_million_while_ingesting(stack_info: StackInfo, engine: AsyncEngine) -> None:
@@ -83,16 +104,20 @@ async def test_trim_a_million_while_ingesting(stack_info: StackInfo, engine: Asy
         await conn.execute(text(OLD_RESOURCES))
         await conn.execute(text("ANALYZE events"))
         await conn.execute(text("ANALYZE event_resources"))
-    await assert_batches_are_range_scans(engine)
     topic = unique("trim-load")
     await create_topic(stack_info, topic, 4)
     settings = settings_for(stack_info, topic, retention="7d", trim_batch_size=10_000)
 
     alone_s = await ingest_time(stack_info, engine, settings, topic, seed=91)
-    trimming = asyncio.create_task(trim(engine, settings, lease=None))
-    beside_s = await ingest_time(stack_info, engine, settings, topic, seed=92)
-    assert not trimming.done(), "the trim ended before the ingest: nothing was measured"
-    trimmed = await trimming
+    lease = await acquire(engine, "retention", "trim-load", timedelta(minutes=5))
+    assert lease is not None
+    with deletes_captured(engine) as statements:
+        trimming = asyncio.create_task(trim(engine, settings, lease))
+        beside_s = await ingest_time(stack_info, engine, settings, topic, seed=92)
+        assert not trimming.done(), "the trim ended before the ingest: nothing was measured"
+        trimmed = await trimming
+    await assert_batches_are_range_scans(engine, statements)
+    await release(engine, lease)
 
     print(
         f"\ningest of {BACKLOG} events: {BACKLOG / alone_s:.0f} events/s alone, "

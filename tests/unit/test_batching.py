@@ -466,3 +466,28 @@ def test_a_batch_written_across_a_rewind_leaves_the_new_buffer_alone() -> None:
     a.consume(TP, len(batch), 3, generation)
     assert offsets(a.peek(TP)) == [0]
     assert a.next_offset(TP, a.peek(TP)) == 1
+
+
+def test_a_partition_caught_up_with_its_log_end_is_due_at_once() -> None:
+    a = acc()
+    a.add(TP, recs(0, [1, 1, 1]), now=0.0, fetched_to=3, log_end=3)
+    assert a.is_due(TP, now=0.0)
+    assert a.due(0.0) == [TP]
+    assert offsets(a.peek(TP)) == [0, 1, 2]
+
+
+def test_records_still_waiting_in_kafka_make_the_batch_grow() -> None:
+    a = acc(batch_size=5)
+    a.add(TP, recs(0, [1, 1, 1]), now=0.0, fetched_to=3, log_end=10)
+    assert not a.is_due(TP, now=0.0)
+    a.add(TP, recs(3, [1, 1, 1]), now=0.1, fetched_to=6, log_end=10)
+    assert a.is_due(TP, now=0.1)  # batch_size reached
+    assert offsets(a.peek(TP)) == [0, 1, 2, 3, 4]
+
+
+def test_an_empty_buffer_at_the_log_end_is_not_due() -> None:
+    a = acc()
+    a.reset(TP, 3)
+    a.add(TP, [], now=0.0, fetched_to=3, log_end=3)
+    assert not a.is_due(TP, now=0.0)
+    assert a.due(0.0) == []

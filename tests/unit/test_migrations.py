@@ -45,10 +45,7 @@ INDEXES = {
         "ix_events__event_occurred",
         "ix_events__resource_id_occurred",
     },
-    "event_resources": {
-        "ix_event_resources__resource_id_occurred",
-        "ix_event_resources__occurred",
-    },
+    "event_resources": {"ix_event_resources__resource_id_occurred"},
     "consumer_offsets": set(),
     "dead_letters": {"ix_dead_letters__group_id_topic_partition_offset"},
     "leader_leases": set(),
@@ -56,8 +53,11 @@ INDEXES = {
 }
 
 PRIMARY_KEYS = {
-    "events": ("pk_events", ["id"]),
-    "event_resources": ("pk_event_resources", ["event_id", "resource_role", "resource_id"]),
+    "events": ("pk_events", ["id", "occurred"]),
+    "event_resources": (
+        "pk_event_resources",
+        ["occurred", "event_id", "resource_role", "resource_id"],
+    ),
     "consumer_offsets": ("pk_consumer_offsets", ["group_id", "topic", "partition"]),
     "dead_letters": ("pk_dead_letters", ["id"]),
     "leader_leases": ("pk_leader_leases", ["name"]),
@@ -155,7 +155,14 @@ def head() -> str | None:
 def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
-    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == [
+        "0006",
+        "0005",
+        "0004",
+        "0003",
+        "0002",
+        "0001",
+    ]
 
 
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:
@@ -203,5 +210,39 @@ def test_0004_keeps_the_data_and_drops_the_id_and_role_labels(tmp_path: Path) ->
                 )
             ]
         assert [orjson.loads(r) for r in restored] == [r["resource"] for r in old_rows.RESOURCES]
+    finally:
+        engine.dispose()
+
+
+def test_0006_keeps_every_row_both_ways(tmp_path: Path) -> None:
+    path = tmp_path / "before-0006.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade(url, "0005")
+    engine = sa.create_engine(f"sqlite:///{path}")
+    resources = [{**r, "resource": {"prefect.resource.name": "x"}} for r in old_rows.RESOURCES]
+
+    def everything(conn: sa.Connection) -> list[list[dict[str, Any]]]:
+        return [
+            [
+                dict(r)
+                for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1, 2, 3")).mappings()  # noqa: S608
+            ]
+            for table in ("events", "event_resources")
+        ]
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(events), old_rows.EVENTS)
+            conn.execute(sa.insert(event_resources), resources)
+            before = everything(conn)
+        assert [len(rows) for rows in before] == [2, 3]
+
+        upgrade(url)
+        with engine.connect() as conn:
+            assert everything(conn) == before
+
+        command.downgrade(alembic_config(url), "0005")
+        with engine.connect() as conn:
+            assert everything(conn) == before
     finally:
         engine.dispose()

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from rich.progress import Progress
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.migrate import upgrade
-from worker import loadgen, stack
+from worker import loadgen, stack, time_partitions
 from worker.cli.common import (
     EXIT_BAD_SETTINGS,
     app,
@@ -92,6 +93,14 @@ def migrate() -> None:
     settings = setup()
     try:
         upgrade(settings.database_url)
+        if settings.database_url.startswith("postgresql"):
+            now = datetime.now(UTC)
+            created = asyncio.run(
+                with_engine(
+                    settings, lambda engine: time_partitions.ensure_for(engine, settings, now)
+                )
+            )
+            typer.echo(f"created {created} partitions of events and event_resources")
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise DatabaseFailure(str(exc)) from exc
     typer.echo(f"migrated {settings.redacted_database_url()}")
@@ -119,6 +128,8 @@ def trim_command(
     )
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {trimmed.events} events and {trimmed.resources} resource rows")
+    if trimmed.partitions:
+        typer.echo(f"dropped {trimmed.partitions} expired partitions of both tables")
 
 
 StateDir = Annotated[

@@ -1,0 +1,166 @@
+"""Time partitions: created ahead, a DEFAULT partition for any other date,
+idempotency across partitions, and dropping expired partitions under the
+lease's fence."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.partitions import floor
+from schemas.tables import event_resources, events
+from tests.integration.support import count, settings_for
+from tests.integration.test_retention import store
+from tests.records import msgs
+from worker.decoding import to_rows
+from worker.inserts import insert_events_and_resources
+from worker.leader import acquire, release
+from worker.loadgen import make_event
+from worker.retention import trim
+from worker.settings import Limits
+from worker.stack import StackInfo
+from worker.time_partitions import drop_expired, ensure, ensure_for, partitions
+
+DAY = timedelta(days=1)
+NOW = datetime.now(UTC)
+
+PLACED = text("SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1 ORDER BY 1")
+
+
+async def placed(engine: AsyncEngine, table: str) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text(PLACED.text.format(table=table)))
+        return {str(name): int(n) for name, n in rows.all()}
+
+
+def day_name(table: str, moment: datetime) -> str:
+    return f"{table}_p{floor(moment, DAY):%Y%m%d}_0000"
+
+
+async def write(engine: AsyncEngine, batch: list[dict[str, Any]]) -> tuple[int, int]:
+    rows = to_rows(msgs([orjson.dumps(e) for e in batch]), Limits(), 10**6)
+    resources = [r for e in rows.events for r in rows.resources[e["id"]]]
+    async with engine.begin() as conn:
+        return await insert_events_and_resources(conn, rows.events, resources)
+
+
+def events_at(*moments: datetime) -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    return [make_event(rng, occurred=m, payload_bytes=10) for m in moments]
+
+
+async def test_partitions_ahead_and_a_default_for_any_other_date(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    settings = settings_for(stack_info, "x", retention="7d", partitions_ahead=3)
+    await ensure_for(engine, settings, NOW)
+    async with engine.connect() as conn:
+        found = await partitions(conn, "events")
+        twins = await partitions(conn, "event_resources")
+    starts = [p.range.start for p in found]
+    first, last = floor(NOW - 7 * DAY, DAY), floor(NOW, DAY) + 3 * DAY
+    # Every day from the retention cutoff to three past today (older ones may
+    # be left by other tests), and none later.
+    window = [first + i * DAY for i in range((last - first) // DAY + 1)]
+    assert [s for s in starts if s >= first] == window
+    assert [p.range for p in twins] == [p.range for p in found]
+    assert await ensure_for(engine, settings, NOW) == 0
+
+    far_past, far_future = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    batch = events_at(NOW, NOW - 3 * DAY, NOW + 2 * DAY, far_past, far_future)
+    new, resources = await write(engine, batch)
+    assert new == 5
+    assert await placed(engine, "events") == {
+        "events_default": 2,
+        day_name("events", NOW - 3 * DAY): 1,
+        day_name("events", NOW): 1,
+        day_name("events", NOW + 2 * DAY): 1,
+    }
+    assert sum((await placed(engine, "event_resources")).values()) == resources
+
+
+async def test_the_same_id_and_occurred_is_stored_once(any_engine: AsyncEngine) -> None:
+    [event] = events_at(NOW)
+    first = await write(any_engine, [event])
+    assert first[0] == 1 and first[1] >= 1
+    assert await write(any_engine, [event]) == (0, 0)
+    # The same id with another `occurred`, in another partition: another row,
+    # with its own resource rows.
+    moved = {**event, "occurred": (NOW - 3 * DAY).isoformat()}
+    assert await write(any_engine, [moved]) == first
+    assert await write(any_engine, [moved]) == (0, 0)
+    assert await count(any_engine, events) == 2
+    assert await count(any_engine, event_resources) == 2 * first[1]
+
+
+async def test_a_drop_is_fenced_by_the_lease_epoch(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    await ensure(engine, NOW - 12 * DAY, NOW, DAY)
+    expired = await store(engine, timedelta(days=10), 300)
+    kept = await store(engine, timedelta(days=3), 200)
+    ttl = timedelta(seconds=30)
+    paused = await acquire(engine, "retention", "a", ttl)
+    assert paused is not None
+    # a is paused past its lease; b takes it over.
+    await release(engine, paused)
+    leader = await acquire(engine, "retention", "b", ttl)
+    assert leader is not None and leader.epoch == paused.epoch + 1
+
+    cutoff = NOW - 7 * DAY
+    assert await drop_expired(engine, cutoff, paused) == []
+    assert await count(engine, events) == 500
+    old_day = day_name("events", NOW - 10 * DAY)
+    async with engine.connect() as conn:
+        assert old_day in {p.name for p in await partitions(conn, "events")}
+
+    dropped = await drop_expired(engine, cutoff, leader)
+    assert old_day in dropped
+    assert all(name < day_name("events", cutoff) for name in dropped)
+    async with engine.connect() as conn:
+        left = {p.name for p in await partitions(conn, "events")}
+        left_twins = {p.name for p in await partitions(conn, "event_resources")}
+    assert not set(dropped) & left
+    assert not {n.replace("events_", "event_resources_") for n in dropped} & left_twins
+    assert await count(engine, events) == 200
+    assert await count(engine, event_resources) == kept
+    assert expired > 0
+
+
+async def store_at(engine: AsyncEngine, occurred: datetime, n: int) -> int:
+    """n events that occurred then; returns their resource rows."""
+    return (await write(engine, events_at(*[occurred] * n)))[1] if n else 0
+
+
+async def test_trim_drops_whole_partitions_and_deletes_the_rest_row_by_row(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    # Noon, so the cutoff (7 days before) is inside a partition.
+    noon = floor(NOW, DAY) + timedelta(hours=12)
+    await ensure(engine, noon - 12 * DAY, noon, DAY)
+    await store_at(engine, noon - 10 * DAY, 300)  # a partition wholly expired
+    # The partition straddling the cutoff: 7 days and 1 hour old is expired.
+    straddling = await store_at(engine, noon - 7 * DAY - timedelta(hours=1), 40)
+    kept = await store_at(engine, noon - 7 * DAY + timedelta(hours=1), 30)
+    # Far in the past: in the DEFAULT partition.
+    ancient = await store_at(engine, noon - 400 * DAY, 20)
+    settings = settings_for(stack_info, "x", retention="7d")
+    lease = await acquire(engine, "retention", "t", timedelta(seconds=30))
+    assert lease is not None
+    try:
+        done = await trim(engine, settings, lease, now=noon)
+    finally:
+        await release(engine, lease)
+    assert (done.events, done.resources) == (60, straddling + ancient)
+    # Days 12 to 8 before: wholly older than the cutoff.
+    assert done.partitions == 5
+    assert await count(engine, events) == 30
+    assert await count(engine, event_resources) == kept
+    async with engine.connect() as conn:
+        oldest = (await conn.execute(select(events.c.occurred).order_by("occurred"))).scalar()
+    assert oldest == noon - 7 * DAY + timedelta(hours=1)
