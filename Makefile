@@ -65,8 +65,12 @@ integration-test: install prefect-venv ## Tests against a real Kafka broker and 
 	$(BIN)/pytest -m integration
 
 .PHONY: test
-test: lint prefect-venv ## Everything: lint, unit and integration tests
-	$(BIN)/pytest
+test: lint prefect-venv ## Lint, unit and integration tests (all but the longest cluster tests)
+	$(BIN)/pytest -m "not cluster"
+
+.PHONY: test-cluster
+test-cluster: install ## The longest tests on a three-broker cluster: rolling restart, scaling, churn
+	$(BIN)/pytest -m cluster
 
 .PHONY: bench
 bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
