@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,11 +25,19 @@ Position = tuple[int, int]  # (partition, offset)
 class Sample:
     at: float  # monotonic
     stored: dict[int, int]
-    produced: int
+    # Per partition, the end offset of what had been sent.
+    sent: dict[int, int]
 
     @property
     def total(self) -> int:
         return sum(self.stored.values())
+
+    @property
+    def produced(self) -> int:
+        return sum(self.sent.values())
+
+    def waiting(self, partition: int) -> bool:
+        return self.sent.get(partition, 0) > self.stored.get(partition, 0)
 
 
 @dataclass
@@ -38,7 +47,7 @@ class Sampler:
     engine: AsyncEngine
     group: str
     topic: str
-    produced: list[Position]
+    producer: Producer
     every_s: float = 0.2
     samples: list[Sample] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,7 +55,8 @@ class Sampler:
     async def run(self) -> None:
         while not self._stop.is_set():
             stored = await stored_offsets(self.engine, self.group, self.topic)
-            self.samples.append(Sample(time.monotonic(), stored, len(self.produced)))
+            sent = dict(self.producer.ends)
+            self.samples.append(Sample(time.monotonic(), stored, sent))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.every_s)
 
@@ -58,21 +68,26 @@ class Sampler:
 
     def longest_pause(self, start: float, end: float) -> float:
         """The longest time in [start, end] in which no partition's stored
-        offset moved although records were waiting: a rebalance or a fault
-        stopping the whole group."""
-        longest, since = 0.0, None
-        previous: Sample | None = None
-        for sample in self.window(start, end):
-            moved = previous is None or sample.total > previous.total
-            waiting = sample.produced > sample.total
-            if moved or not waiting:
-                since = None
-            elif since is None and previous is not None:
-                since = previous.at
-            if since is not None:
-                longest = max(longest, sample.at - since)
-            previous = sample
-        return longest
+        offset moved although records were waiting: the whole group stopped
+        (a rebalance, or a fault)."""
+        return _longest_stall(self.window(start, end), lambda s: s.total, lambda s: s.produced)
+
+    def longest_partition_stall(self, start: float, end: float) -> float:
+        """The longest time in [start, end] one partition with records
+        waiting was not written (e.g. owned by a member that is gone)."""
+        inside = self.window(start, end)
+        partitions = {p for sample in inside for p in sample.sent}
+        return max(
+            (
+                _longest_stall(
+                    inside,
+                    lambda s, p=p: s.stored.get(p, 0),  # type: ignore[misc]
+                    lambda s, p=p: s.sent.get(p, 0),  # type: ignore[misc]
+                )
+                for p in partitions
+            ),
+            default=0.0,
+        )
 
     def rate(self, start: float, end: float) -> float:
         """Offsets stored per second over [start, end]."""
@@ -102,6 +117,8 @@ class Producer:
     seed: int = 0
     values: list[bytes | None] = field(default_factory=list)
     positions: list[Position] = field(default_factory=list)
+    # Per partition, one past the last offset sent.
+    ends: dict[int, int] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -115,6 +132,8 @@ class Producer:
             sent = await send(self.info, self.topic, chunk)
             self.values.extend(chunk)
             self.positions.extend(sent)
+            for partition, offset in sent:
+                self.ends[partition] = max(self.ends.get(partition, 0), offset + 1)
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.pause_s)
@@ -125,3 +144,22 @@ class Producer:
 
 def _bad(i: int, every: int) -> bytes | None:
     return INVALID_MESSAGES[(i // every) % len(INVALID_MESSAGES)]
+
+
+def _longest_stall(
+    samples: list[Sample], done: Callable[[Sample], int], sent: Callable[[Sample], int]
+) -> float:
+    """The longest run of samples in which `done` did not grow while it was
+    below `sent`."""
+    longest, since = 0.0, None
+    previous: Sample | None = None
+    for sample in samples:
+        moved = previous is None or done(sample) > done(previous)
+        if moved or sent(sample) <= done(sample):
+            since = None
+        elif since is None and previous is not None:
+            since = previous.at
+        if since is not None:
+            longest = max(longest, sample.at - since)
+        previous = sample
+    return longest

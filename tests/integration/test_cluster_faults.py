@@ -57,7 +57,7 @@ async def load_through(
     group, dlq = f"group-{topic}", f"{topic}.dlq"
     await create_topic(info, topic, PARTITIONS)
     producer = Producer(info, topic, chunk=1000, pause_s=0.5, invalid_every=100)
-    sampler = Sampler(engine, group, topic, producer.positions)
+    sampler = Sampler(engine, group, topic, producer)
     env = worker_env(info, topic, group, session_timeout_s=10.0)
 
     async with WorkerPool(env, tmp_path / "workers") as pool:
