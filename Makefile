@@ -77,6 +77,11 @@ bench: install ## Benchmark side by side: consume and COPY ceilings, naive basel
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
 
+.PHONY: soak
+soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m tests.soak --minutes $(or $(MINUTES),30) --brokers $(or $(BROKERS),3) --out soak-results
+
 .PHONY: demo
 demo: install ## Run it end to end on a local stack
 	$(BIN)/python -m worker.demo
