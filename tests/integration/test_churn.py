@@ -39,8 +39,7 @@ PARTITIONS = 6
 WORKERS = 3
 BACKLOG = 200_000
 STEADY_S = 10.0
-KILLS = 8
-KILL_EVERY_S = 4.0
+CHURN_S = 32.0
 
 
 async def stored_total(engine: AsyncEngine, group: str, topic: str) -> int:
@@ -54,9 +53,10 @@ async def rate_over(engine: AsyncEngine, group: str, topic: str, seconds: float)
     return (await stored_total(engine, group, topic) - start) / (time.monotonic() - began)
 
 
-@pytest.mark.cluster  # a backlog of 200,000 events and eight kills: `make test-cluster`
+@pytest.mark.cluster  # a backlog of 200,000 events, kills every few seconds: `make test-cluster`
+@pytest.mark.parametrize("kill_every_s", [4.0, 8.0])
 async def test_the_group_keeps_storing_while_replicas_die_every_few_seconds(
-    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path
+    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path, kill_every_s: float
 ) -> None:
     topic, rng = unique("churn"), random.Random(7)
     group = f"group-{topic}"
@@ -80,17 +80,18 @@ async def test_the_group_keeps_storing_while_replicas_die_every_few_seconds(
         steady = await rate_over(engine, group, topic, STEADY_S)
         before = await stored_total(engine, group, topic)
         began = time.monotonic()
-        for _ in range(KILLS):
+        kills = int(CHURN_S / kill_every_s)
+        for _ in range(kills):
             victim = rng.choice(pool.alive())
             await asyncio.to_thread(pool.kill, victim)
             await asyncio.to_thread(pool.restart, victim)
-            await asyncio.sleep(KILL_EVERY_S)  # the pace of the churn
+            await asyncio.sleep(kill_every_s)  # the pace of the churn
         churn_s = time.monotonic() - began
         after = await stored_total(engine, group, topic)
         during = (after - before) / churn_s
         took = await wait_stored(engine, group, topic, ends, 300, pool.tail)
         print(
-            f"\nchurn: {KILLS} SIGKILLs every {KILL_EVERY_S:.0f}s over {churn_s:.1f}s;"
+            f"\nchurn: {kills} SIGKILLs every {kill_every_s:.0f}s over {churn_s:.1f}s;"
             f" steady {steady:.0f}/s, during the churn {during:.0f}/s"
             f" ({during / steady:.0%} of steady); caught up {took:.1f}s after"
         )

@@ -50,7 +50,9 @@ class Load:
         try:
             while not self._stop.is_set():
                 due = int((time.monotonic() - began) * self.rate) - self.sent
-                await self._send(producer, rng, due)
+                # At most a second's worth at a time: a stop is heard soon
+                # after a broker outage held the sends back.
+                await self._send(producer, rng, min(due, int(self.rate)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), TICK_S)
         finally:
