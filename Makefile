@@ -68,13 +68,22 @@ integration-test: install prefect-venv ## Tests against a real Kafka broker and 
 	$(BIN)/pytest -m integration
 
 .PHONY: test
-test: lint prefect-venv ## Everything: lint, unit and integration tests
-	$(BIN)/pytest
+test: lint prefect-venv ## Lint, unit and integration tests (all but the longest cluster tests)
+	$(BIN)/pytest -m "not cluster"
+
+.PHONY: test-cluster
+test-cluster: install ## The longest tests on a three-broker cluster: rolling restart, scaling, churn
+	$(BIN)/pytest -m cluster
 
 .PHONY: bench
 bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
+
+.PHONY: soak
+soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m tests.soak --minutes $(or $(MINUTES),30) --brokers $(or $(BROKERS),3) --out soak-results
 
 .PHONY: demo
 demo: install ## Run it end to end on a local stack

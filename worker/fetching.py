@@ -60,9 +60,7 @@ def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIO
         # offset, which the persister seeks itself).
         auto_offset_reset="none",
         isolation_level="read_committed",
-        session_timeout_ms=int(settings.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.session_timeout_s * 1000 / 3),
-        max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
+        **group_timing(settings),
         metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
     )
@@ -71,6 +69,23 @@ def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIO
     else:
         consumer.subscribe(topics=list(settings.topics), listener=listener)
     return consumer
+
+
+def group_timing(settings: Settings) -> dict[str, int]:
+    """The consumer's group timeouts, in milliseconds. A member hears of a
+    rebalance at its next heartbeat (or offset commit), and the group
+    waits for every member to rejoin, so the heartbeat bounds how long the
+    others stand still; it stays within a third of the session timeout, as
+    Kafka wants. The coordinator waits for a rejoin up to the session
+    timeout (aiokafka's rebalance timeout), which the revoke-time flush
+    stays under."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    return {
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": int(min(settings.heartbeat_interval_s * 1000, session_ms / 3)),
+        "max_poll_interval_ms": int(settings.max_poll_interval_s * 1000),
+        "rebalance_timeout_ms": session_ms,
+    }
 
 
 async def warn_missing_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:

@@ -36,6 +36,11 @@ async def retrying(call: Callable[[], Awaitable[T]]) -> T:
         await asyncio.sleep(0.5)
 
 
+# What the topics the worker and its commands create get on a cluster.
+REPLICATION = 3
+MIN_INSYNC_REPLICAS = 2
+
+
 @dataclass(frozen=True)
 class Member:
     member_id: str
@@ -152,14 +157,18 @@ async def create_topic(
     configs: Mapping[str, str] | None = None,
 ) -> bool:
     """Create `topic` unless it exists (True if this call created it), with
-    replication min(3, brokers) and the topic `configs` given. aiokafka
-    returns per-topic errors in the response rather than raising them, so
-    they are checked here."""
+    replication min(3, brokers), min.insync.replicas min(2, replication)
+    (an acknowledged write is on two brokers whenever there are two) and
+    the topic `configs` given, which win. aiokafka returns per-topic errors
+    in the response rather than raising them, so they are checked here."""
     admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
-        new = NewTopic(topic, partitions, min(3, brokers), topic_configs=dict(configs or {}))
+        replication = min(REPLICATION, brokers)
+        durable = {"min.insync.replicas": str(min(MIN_INSYNC_REPLICAS, replication))}
+        topic_configs = durable | dict(configs or {})
+        new = NewTopic(topic, partitions, replication, topic_configs=topic_configs)
         response = await admin.create_topics([new])
     finally:
         await admin.close()

@@ -7,6 +7,7 @@ instance label.
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import time
 from dataclasses import dataclass, field
@@ -119,6 +120,22 @@ ready = Gauge(
 leader = Gauge(
     "persister_trimmer_leader", "1 while this replica leads retention trimming", registry=registry
 )
+asyncio_tasks = Gauge(
+    "persister_asyncio_tasks",
+    "asyncio tasks alive in this process: grows without bound if something leaks them",
+    registry=registry,
+)
+
+
+def _tasks_alive() -> int:
+    # Read when /metrics is served, from inside the event loop.
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (e.g. read from another thread)
+        return 0
+
+
+asyncio_tasks.set_function(_tasks_alive)
 
 
 # Series whose labels are known in advance exist from the start, at 0, so a

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     client_id: str | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_s: float = Field(45.0, gt=0)
+    # How soon a member hears of a rebalance when it has no offset commit
+    # to hear it from; capped at a third of the session timeout.
+    heartbeat_interval_s: float = Field(3.0, gt=0)
     max_poll_interval_s: float = Field(300.0, gt=0)
     metadata_max_age_s: float = Field(30.0, gt=0)
     # How often a partition whose records cannot be read is fetched again.

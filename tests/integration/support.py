@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import consumer_offsets, dead_letters, event_resources, events
+from worker import kafka_admin
 from worker.consumer import Persister
 from worker.settings import Settings
 from worker.stack import StackInfo
@@ -38,19 +39,24 @@ def settings_for(info: StackInfo, topic: str, **overrides: Any) -> Settings:
 
 
 async def create_topic(info: StackInfo, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=info.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    """As the worker creates topics: on a cluster, replicated 3 times with
+    min.insync.replicas 2."""
+    options = {"bootstrap_servers": info.kafka_bootstrap_servers}
+    await kafka_admin.create_topic(options, topic, partitions)
 
 
 async def send(
     info: StackInfo, topic: str, values: Iterable[bytes | None], partition: int | None = None
 ) -> list[tuple[int, int]]:
     """Send values; returns (partition, offset) of each, in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=info.kafka_bootstrap_servers, linger_ms=5)
+    # Acknowledged by every in-sync replica, and never written twice by a
+    # retry: what a broker failure may not lose or duplicate.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=info.kafka_bootstrap_servers,
+        linger_ms=5,
+        acks="all",
+        enable_idempotence=True,
+    )
     await producer.start()
     try:
         futures = [

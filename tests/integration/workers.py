@@ -213,14 +213,14 @@ class WorkerPool:
             return self._reap(slot)
 
     def scale(self, n: int, timeout_s: float | None = None) -> list[int]:
-        """Run exactly n workers: SIGTERM the highest running slots, or start
-        stopped slots (lowest first) and then new ones. Returns the exit codes
-        of the workers it terminated."""
+        """Run exactly n workers: SIGTERM the highest running slots (all at
+        once, as an orchestrator scaling down does), or start stopped slots
+        (lowest first) and then new ones. Returns the exit codes of the
+        workers it terminated."""
         with self._lock:
-            codes = []
             running = self.alive()
-            for i in sorted(running, reverse=True)[: max(0, len(running) - n)]:
-                codes.append(self.terminate(i, timeout_s))
+            surplus = sorted(running, reverse=True)[: max(0, len(running) - n)]
+            codes = self._terminate_all(surplus, "terminate", timeout_s)
             missing = n - len(self.alive())
             stopped = [s.index for s in self._slots if s.index not in self.alive()]
             for i in stopped[: max(0, missing)]:
@@ -234,21 +234,28 @@ class WorkerPool:
         """SIGTERM every running worker, SIGKILL whoever outlives the stop
         timeout; returns their exit codes. Safe to call more than once."""
         with self._lock:
-            procs = [(s, s.proc) for s in self._slots if s.proc is not None]
-            for slot, proc in procs:
-                if proc.poll() is None:
-                    slot.ending = slot.ending or "stop_all"
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.stop_timeout_s
-            for slot, proc in procs:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self._append_note(slot, "did not exit after SIGTERM in time; SIGKILL")
-                    proc.kill()
-                    proc.wait()
-            return [self._reap(slot) for slot, _ in procs]
+            started = [s.index for s in self._slots if s.proc is not None]
+            return self._terminate_all(started, "stop_all", None)
+
+    def _terminate_all(self, slots: list[int], by: str, timeout_s: float | None) -> list[int]:
+        """SIGTERM the running ones of `slots` together, SIGKILL whoever
+        outlives the timeout; reap them all and return their exit codes."""
+        procs = [(s, s.proc) for s in (self._slots[i] for i in slots) if s.proc is not None]
+        for slot, proc in procs:
+            if proc.poll() is None:
+                slot.ending = slot.ending or by
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        timeout_s = self.stop_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        for slot, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._append_note(slot, "did not exit after SIGTERM in time; SIGKILL")
+                proc.kill()
+                proc.wait()
+        return [self._reap(slot) for slot, _ in procs]
 
     def _running(self, slot: _Slot) -> subprocess.Popen[bytes]:
         if slot.proc is None or not _running(slot.proc):

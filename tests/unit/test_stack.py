@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from worker import stack
+from worker import stack, stack_kafka
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,3 +22,31 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     cluster_id = stack.new_cluster_id()
     assert not cluster_id.startswith("-")
     assert base64.urlsafe_b64decode(cluster_id + "==") == b"\x01" + bytes(15)
+
+
+def properties(text: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("brokers", "replication", "min_insync"), [(1, "1", "1"), (3, "3", "2"), (5, "3", "2")]
+)
+def test_every_node_of_a_cluster_votes_and_replicates(
+    tmp_path: Path, brokers: int, replication: str, min_insync: str
+) -> None:
+    ports = dict(zip(stack_kafka.all_port_names(brokers), range(9001, 9100), strict=False))
+    cluster = stack_kafka.KafkaCluster(tmp_path, ports, brokers, {})
+    voters = ",".join(f"{n}@127.0.0.1:{ports[stack_kafka.port_names(n)[1]]}" for n in cluster.nodes)
+    for node in cluster.nodes:
+        config = properties(Path(cluster._write_config(node)).read_text())
+        assert config["node.id"] == str(node)
+        assert config["controller.quorum.voters"] == voters
+        assert config["listeners"].startswith(f"PLAINTEXT://127.0.0.1:{cluster.port(node)},")
+        assert config["log.dirs"] == str(cluster.node_dir(node) / "data")
+        for name in ("default.replication.factor", "offsets.topic.replication.factor"):
+            assert config[name] == replication
+        assert config["min.insync.replicas"] == min_insync
+    expected = ",".join(f"127.0.0.1:{cluster.port(n)}" for n in cluster.nodes)
+    assert cluster.bootstrap() == expected
+    assert len({cluster.node_dir(n) for n in cluster.nodes}) == brokers

@@ -137,10 +137,16 @@ StateDir = Annotated[
 ]
 
 
+Brokers = Annotated[
+    int, typer.Option(min=1, max=9, help="Kafka brokers (3: topics replicated 3 times).")
+]
+
+
 @stack_app.command("up")
-def stack_up(state_dir: StateDir = None) -> None:
+def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
     """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
-    info = stack.stack_up(state_dir or stack.default_state_dir(), os.environ.get("DATABASE_URL"))
+    where = state_dir or stack.default_state_dir()
+    info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers)
     typer.echo(info.exports(), nl=False)
 
 
