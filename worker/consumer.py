@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
-from worker.controls import ControlWatcher
+from worker.control_follower import ControlFollower
 from worker.deadletter import DeadLetterPublisher
-from worker.fetching import Fetching, log_end, new_consumer, warn_missing_topics
-from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
+from worker.fetching import Fetching, new_consumer, seek_stored
+from worker.missing_topics import MissingTopics
+from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, fields, names
+from worker.progress import Progress, report_write
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
 from worker.writer import BatchWriter
@@ -53,6 +55,7 @@ class Persister:
         self.settings = settings
         self.engine = engine
         self.stats = Stats()
+        self.progress = Progress()
         self.writer = BatchWriter(settings, engine)
         self.dead_letters = DeadLetterPublisher(settings, engine)
         self._over_bound = False
@@ -68,11 +71,8 @@ class Persister:
         )
         self.consumer = self._new_consumer()
         self.connecting = Conditions("kafka")
-        self.controls = ControlWatcher(engine, settings.group_id)
-        # Partitions whose stored offset an operator moved: reloaded as soon
-        # as no write of theirs is in flight.
-        self._reload: set[TP] = set()
-        self._reloaded: set[TP] = set()
+        self.missing_topics = MissingTopics(settings)
+        self.controls = ControlFollower(engine, settings.group_id, self.accumulator)
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
@@ -81,9 +81,8 @@ class Persister:
         return new_consumer(self.settings, _Listener(self))
 
     async def _connect(self, stopping: asyncio.Event) -> bool:
-        """Start consuming, waiting out an unreachable broker or a topic that
-        does not exist yet (aiokafka gives up on those after its request
-        timeout). False if stopped before it succeeded."""
+        """Start consuming, waiting out an unreachable broker (aiokafka gives
+        up after its request timeout). False if stopped before it succeeded."""
         failures = 0
         while not stopping.is_set():
             try:
@@ -114,22 +113,25 @@ class Persister:
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
-        await warn_missing_topics(self.consumer, self.settings)
         try:
             while not stopping.is_set():
                 for crashed in (self._crashed, self.dead_letters.crashed):
                     if crashed is not None:
                         raise crashed
-                await self._follow_controls()
+                await self.controls.follow(self.owned, self._inflight)
+                await self.missing_topics.check(self.consumer)
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()
                 self._apply_pauses()
                 await self._commit_kafka()
         finally:
-            await self._drain()
-            await self._commit_kafka(force=True)
-            await self._leave()
+            try:
+                if self._crashed is None:  # else writing again would fail again
+                    await self._drain()
+                    await self._commit_kafka(force=True)
+            finally:
+                await self._leave()  # even after a crash: no client left open
 
     def _start_due_flushes(self) -> None:
         """Start a flush task for each due partition that has none running,
@@ -187,8 +189,7 @@ class Persister:
         now = time.monotonic()
         two_batches = 2 * self.accumulator.triggers.batch_size
         assigned = self.consumer.assignment()
-        held_back = self.controls.paused(self.owned)
-        metrics.operator_paused.set(len(held_back))
+        held_back = self.controls.held_back(self.owned)
         paused: list[TopicPartition] = []
         fetching: list[TopicPartition] = []
         for tp, state in self.owned.items():
@@ -199,34 +200,7 @@ class Persister:
                 (paused if stop else fetching).append(ktp)
         self.consumer.pause(*paused)
         self.consumer.resume(*fetching)
-        self._report(len(paused))
-
-    def _report(self, n_paused: int) -> None:
-        """Gauges and readiness, refreshed once per loop."""
-        metrics.paused_partitions.set(n_paused)
-        failing = [o.failing_since for o in self.owned.values() if o.failing_since is not None]
-        metrics.readiness.stuck_since = min(failing, default=None)
-        for tp, state in self.owned.items():
-            # Read committed: the end is the last stable offset, not the
-            # high watermark, while a transaction is open.
-            end = log_end(self.consumer, TopicPartition(*tp))
-            if end is not None and state.stored is not None:
-                metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
-
-    async def _follow_controls(self) -> None:
-        """Reload the stored offsets a replay moved (see `worker.controls`)."""
-        self._reload |= set(await self.controls.refresh())
-        for tp in sorted(self._reload):
-            state = self.owned.get(tp)
-            if state is None:
-                self._reload.discard(tp)
-            elif tp not in self._inflight and not state.lock.locked():
-                self._reload.discard(tp)
-                if state.ready:
-                    logger.info("%s[%d]: stored offset moved by an operator; reloading", *tp)
-                    state.ready, state.retry_at = False, 0.0
-                    self.accumulator.reset(tp, None)
-                    self._reloaded.add(tp)
+        self.progress.report(self.consumer, self.owned, len(paused), self.stats.events)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -247,14 +221,13 @@ class Persister:
                 continue
             offset = stored.get(tp)
             try:
-                await self._seek(TopicPartition(*tp), offset)
+                await seek_stored(self.consumer, TopicPartition(*tp), offset, self.settings)
             except KafkaError as exc:  # revoked while the offsets were loading
                 logger.info("%s[%d]: seek skipped: %r", *tp, exc)
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
-            if tp in self._reloaded and offset is not None:
-                self._reloaded.discard(tp)
+            if offset is not None and self.controls.reloaded(tp):
                 self._uncommitted[tp] = offset  # Kafka's committed offset follows
             self.dead_letters.request(tp)
             if offset is None:
@@ -262,17 +235,15 @@ class Persister:
                     "%s[%d]: no stored offset; starting at the %s offset",
                     *tp,
                     self.settings.auto_offset_reset,
+                    extra=fields(tp),
                 )
             else:
-                logger.info("%s[%d]: resuming at stored offset %d", *tp, offset)
-
-    async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
-        if offset is not None:
-            self.consumer.seek(ktp, offset)
-        elif self.settings.auto_offset_reset == "earliest":
-            await self.consumer.seek_to_beginning(ktp)
-        else:
-            await self.consumer.seek_to_end(ktp)
+                logger.info(
+                    "%s[%d]: resuming at stored offset %d",
+                    *tp,
+                    offset,
+                    extra=fields(tp, offset=offset),
+                )
 
     async def _flush(self, partitions: list[TP], force: bool = False) -> None:
         now = time.monotonic()
@@ -317,23 +288,7 @@ class Persister:
             metrics.write_failures.inc()
             self._failed(tp, "writing a batch", exc)
             return False
-        if batch:
-            metrics.observe_batch(
-                len(batch),
-                written.events,
-                written.resources,
-                written.rejected,
-                time.monotonic() - started,
-                min((r.timestamp for r in batch if r.timestamp is not None), default=None),
-            )
-        if state.failures and state.failing_since is not None:
-            logger.info(
-                "%s[%d]: writing works again after %d failed attempts in %.1f s",
-                *tp,
-                state.failures,
-                time.monotonic() - state.failing_since,
-                extra={"topic": tp[0], "partition": tp[1], "attempt": state.failures + 1},
-            )
+        report_write(tp, state, batch, written, next_offset, time.monotonic() - started)
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
         self.fetching.stored(tp, next_offset)
@@ -344,7 +299,6 @@ class Persister:
         self.stats.resources += written.resources
         self.stats.dead_letters += written.dead_letters
         self.stats.isolation_attempts += written.isolation_attempts
-        logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
         return True
 
     def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
@@ -364,6 +318,7 @@ class Persister:
             delay_s,
             type(exc).__name__,
             str(exc).splitlines()[0],
+            extra=fields(tp, attempt=state.failures, retry_in_s=round(delay_s, 1)),
         )
 
     async def _commit_kafka(self, force: bool = False) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -64,10 +65,13 @@ def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIO
         metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
     )
-    if settings.topic_pattern:
-        consumer.subscribe(pattern=settings.topic_pattern, listener=listener)
-    else:
-        consumer.subscribe(topics=list(settings.topics), listener=listener)
+    # Topics by name are subscribed as a pattern matching exactly them: the
+    # client's start-up waits for every topic named in a list to exist (and
+    # then fails, logging many lines a second meanwhile); with a pattern it
+    # starts without them and takes each up once it exists.
+    names = "|".join(re.escape(topic) for topic in settings.topics)
+    pattern = settings.topic_pattern or f"^(?:{names})$"
+    consumer.subscribe(pattern=pattern, listener=listener)
     return consumer
 
 
@@ -88,16 +92,17 @@ def group_timing(settings: Settings) -> dict[str, int]:
     }
 
 
-async def warn_missing_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
-    if settings.topic_pattern:
-        return
-    for topic in sorted(set(settings.topics) - await consumer.topics()):
-        logger.warning(
-            "topic %s does not exist yet; it is picked up once created (metadata is "
-            "refreshed every %.0f s)",
-            topic,
-            settings.metadata_max_age_s,
-        )
+async def seek_stored(
+    consumer: AIOKafkaConsumer, ktp: TopicPartition, offset: int | None, settings: Settings
+) -> None:
+    """Position an assigned partition at its stored offset, or, with none
+    stored, where PERSISTER_AUTO_OFFSET_RESET says."""
+    if offset is not None:
+        consumer.seek(ktp, offset)
+    elif settings.auto_offset_reset == "earliest":
+        await consumer.seek_to_beginning(ktp)
+    else:
+        await consumer.seek_to_end(ktp)
 
 
 def fetch_position(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | None:
