@@ -1,0 +1,37 @@
+"""`persister stack up --brokers N` reaches the stack, and a recorded stack
+of another size is refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from worker import stack
+from worker.cli import app
+
+
+def test_brokers_reach_the_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_up(state_dir: Path, database_url: str | None, brokers: int = 1) -> stack.StackInfo:
+        calls.append((state_dir, brokers))
+        return stack.StackInfo("127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "postgresql://x@h/db")
+
+    monkeypatch.setattr(stack, "stack_up", fake_up)
+    result = CliRunner().invoke(
+        app, ["stack", "up", "--brokers", "3", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [(tmp_path, 3)]
+    assert "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1,127.0.0.1:2,127.0.0.1:3\n" in result.output
+
+
+def test_a_recorded_stack_of_another_size_is_refused(tmp_path: Path) -> None:
+    saved = {"external_database_url": "postgresql://x@h/db", "brokers": 1, "ports": {}}
+    (tmp_path / "stack.json").write_text(json.dumps(saved))
+    with pytest.raises(stack.StackError, match="has 1 broker"):
+        stack.stack_up(tmp_path, None, brokers=3)
