@@ -20,12 +20,12 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker import metrics
+from worker import metrics, progress
 from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
-from worker.controls import ControlWatcher
+from worker.control_follower import ControlFollower
 from worker.deadletter import DeadLetterPublisher
-from worker.fetching import Fetching, log_end, new_consumer, warn_missing_topics
+from worker.fetching import Fetching, new_consumer, seek_stored, warn_missing_topics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
@@ -68,11 +68,7 @@ class Persister:
         )
         self.consumer = self._new_consumer()
         self.connecting = Conditions("kafka")
-        self.controls = ControlWatcher(engine, settings.group_id)
-        # Partitions whose stored offset an operator moved: reloaded as soon
-        # as no write of theirs is in flight.
-        self._reload: set[TP] = set()
-        self._reloaded: set[TP] = set()
+        self.controls = ControlFollower(engine, settings.group_id, self.accumulator)
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
@@ -120,7 +116,7 @@ class Persister:
                 for crashed in (self._crashed, self.dead_letters.crashed):
                     if crashed is not None:
                         raise crashed
-                await self._follow_controls()
+                await self.controls.follow(self.owned, self._inflight)
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()
@@ -187,8 +183,7 @@ class Persister:
         now = time.monotonic()
         two_batches = 2 * self.accumulator.triggers.batch_size
         assigned = self.consumer.assignment()
-        held_back = self.controls.paused(self.owned)
-        metrics.operator_paused.set(len(held_back))
+        held_back = self.controls.held_back(self.owned)
         paused: list[TopicPartition] = []
         fetching: list[TopicPartition] = []
         for tp, state in self.owned.items():
@@ -199,34 +194,7 @@ class Persister:
                 (paused if stop else fetching).append(ktp)
         self.consumer.pause(*paused)
         self.consumer.resume(*fetching)
-        self._report(len(paused))
-
-    def _report(self, n_paused: int) -> None:
-        """Gauges and readiness, refreshed once per loop."""
-        metrics.paused_partitions.set(n_paused)
-        failing = [o.failing_since for o in self.owned.values() if o.failing_since is not None]
-        metrics.readiness.stuck_since = min(failing, default=None)
-        for tp, state in self.owned.items():
-            # Read committed: the end is the last stable offset, not the
-            # high watermark, while a transaction is open.
-            end = log_end(self.consumer, TopicPartition(*tp))
-            if end is not None and state.stored is not None:
-                metrics.lag.labels(tp[0], str(tp[1])).set(end - state.stored)
-
-    async def _follow_controls(self) -> None:
-        """Reload the stored offsets a replay moved (see `worker.controls`)."""
-        self._reload |= set(await self.controls.refresh())
-        for tp in sorted(self._reload):
-            state = self.owned.get(tp)
-            if state is None:
-                self._reload.discard(tp)
-            elif tp not in self._inflight and not state.lock.locked():
-                self._reload.discard(tp)
-                if state.ready:
-                    logger.info("%s[%d]: stored offset moved by an operator; reloading", *tp)
-                    state.ready, state.retry_at = False, 0.0
-                    self.accumulator.reset(tp, None)
-                    self._reloaded.add(tp)
+        progress.report(self.consumer, self.owned, len(paused))
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -247,14 +215,13 @@ class Persister:
                 continue
             offset = stored.get(tp)
             try:
-                await self._seek(TopicPartition(*tp), offset)
+                await seek_stored(self.consumer, TopicPartition(*tp), offset, self.settings)
             except KafkaError as exc:  # revoked while the offsets were loading
                 logger.info("%s[%d]: seek skipped: %r", *tp, exc)
                 continue
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
-            if tp in self._reloaded and offset is not None:
-                self._reloaded.discard(tp)
+            if offset is not None and self.controls.reloaded(tp):
                 self._uncommitted[tp] = offset  # Kafka's committed offset follows
             self.dead_letters.request(tp)
             if offset is None:
@@ -265,14 +232,6 @@ class Persister:
                 )
             else:
                 logger.info("%s[%d]: resuming at stored offset %d", *tp, offset)
-
-    async def _seek(self, ktp: TopicPartition, offset: int | None) -> None:
-        if offset is not None:
-            self.consumer.seek(ktp, offset)
-        elif self.settings.auto_offset_reset == "earliest":
-            await self.consumer.seek_to_beginning(ktp)
-        else:
-            await self.consumer.seek_to_end(ktp)
 
     async def _flush(self, partitions: list[TP], force: bool = False) -> None:
         now = time.monotonic()

@@ -85,6 +85,19 @@ async def warn_missing_topics(consumer: AIOKafkaConsumer, settings: Settings) ->
         )
 
 
+async def seek_stored(
+    consumer: AIOKafkaConsumer, ktp: TopicPartition, offset: int | None, settings: Settings
+) -> None:
+    """Position an assigned partition at its stored offset, or, with none
+    stored, where PERSISTER_AUTO_OFFSET_RESET says."""
+    if offset is not None:
+        consumer.seek(ktp, offset)
+    elif settings.auto_offset_reset == "earliest":
+        await consumer.seek_to_beginning(ktp)
+    else:
+        await consumer.seek_to_end(ktp)
+
+
 def fetch_position(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | None:
     """The consumer's position for an assigned partition, or None while it is
     not known. aiokafka's `position()` waits for an unknown one; this is the
