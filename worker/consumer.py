@@ -20,13 +20,14 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker import metrics, progress
+from worker import metrics
 from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
 from worker.control_follower import ControlFollower
 from worker.deadletter import DeadLetterPublisher
 from worker.fetching import Fetching, new_consumer, seek_stored, warn_missing_topics
-from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, names
+from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, fields, names
+from worker.progress import Progress, report_write
 from worker.settings import Settings
 from worker.storage import FenceError, load_offsets
 from worker.writer import BatchWriter
@@ -53,6 +54,7 @@ class Persister:
         self.settings = settings
         self.engine = engine
         self.stats = Stats()
+        self.progress = Progress()
         self.writer = BatchWriter(settings, engine)
         self.dead_letters = DeadLetterPublisher(settings, engine)
         self._over_bound = False
@@ -123,9 +125,12 @@ class Persister:
                 self._apply_pauses()
                 await self._commit_kafka()
         finally:
-            await self._drain()
-            await self._commit_kafka(force=True)
-            await self._leave()
+            try:
+                if self._crashed is None:  # else writing again would fail again
+                    await self._drain()
+                    await self._commit_kafka(force=True)
+            finally:
+                await self._leave()  # even after a crash: no client left open
 
     def _start_due_flushes(self) -> None:
         """Start a flush task for each due partition that has none running,
@@ -194,7 +199,7 @@ class Persister:
                 (paused if stop else fetching).append(ktp)
         self.consumer.pause(*paused)
         self.consumer.resume(*fetching)
-        progress.report(self.consumer, self.owned, len(paused))
+        self.progress.report(self.consumer, self.owned, len(paused), self.stats.events)
 
     async def _prepare_assigned(self) -> None:
         """Seek newly assigned partitions to the offsets stored in the database."""
@@ -229,9 +234,15 @@ class Persister:
                     "%s[%d]: no stored offset; starting at the %s offset",
                     *tp,
                     self.settings.auto_offset_reset,
+                    extra=fields(tp),
                 )
             else:
-                logger.info("%s[%d]: resuming at stored offset %d", *tp, offset)
+                logger.info(
+                    "%s[%d]: resuming at stored offset %d",
+                    *tp,
+                    offset,
+                    extra=fields(tp, offset=offset),
+                )
 
     async def _flush(self, partitions: list[TP], force: bool = False) -> None:
         now = time.monotonic()
@@ -276,23 +287,7 @@ class Persister:
             metrics.write_failures.inc()
             self._failed(tp, "writing a batch", exc)
             return False
-        if batch:
-            metrics.observe_batch(
-                len(batch),
-                written.events,
-                written.resources,
-                written.rejected,
-                time.monotonic() - started,
-                min((r.timestamp for r in batch if r.timestamp is not None), default=None),
-            )
-        if state.failures and state.failing_since is not None:
-            logger.info(
-                "%s[%d]: writing works again after %d failed attempts in %.1f s",
-                *tp,
-                state.failures,
-                time.monotonic() - state.failing_since,
-                extra={"topic": tp[0], "partition": tp[1], "attempt": state.failures + 1},
-            )
+        report_write(tp, state, batch, written, next_offset, time.monotonic() - started)
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
         self.fetching.stored(tp, next_offset)
@@ -303,7 +298,6 @@ class Persister:
         self.stats.resources += written.resources
         self.stats.dead_letters += written.dead_letters
         self.stats.isolation_attempts += written.isolation_attempts
-        logger.debug("%s[%d]: wrote %d events up to offset %d", *tp, written.events, next_offset)
         return True
 
     def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
@@ -323,6 +317,7 @@ class Persister:
             delay_s,
             type(exc).__name__,
             str(exc).splitlines()[0],
+            extra=fields(tp, attempt=state.failures, retry_in_s=round(delay_s, 1)),
         )
 
     async def _commit_kafka(self, force: bool = False) -> None:

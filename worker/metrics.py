@@ -135,7 +135,7 @@ def observe_batch(
     n_records: int,
     n_events: int,
     n_resources: int,
-    rejected: tuple[str, ...],
+    rejected: tuple[tuple[int, str], ...],
     flush_s: float,
     oldest_timestamp_ms: int | None,
 ) -> None:
@@ -144,7 +144,7 @@ def observe_batch(
     flush_seconds.observe(flush_s)
     events_persisted.inc(n_events)
     resource_rows.inc(n_resources)
-    for error_class in rejected:
+    for _, error_class in rejected:
         dead_letters.labels(error_class).inc()
     if oldest_timestamp_ms is not None and oldest_timestamp_ms > 0:
         end_to_end_seconds.observe(max(0.0, time.time() - oldest_timestamp_ms / 1000))

@@ -63,3 +63,8 @@ class Stats:
 
 def names(partitions: Iterable[TP]) -> str:
     return ", ".join(f"{t}[{p}]" for t, p in sorted(partitions)) or "nothing"
+
+
+def fields(tp: TP, **more: object) -> dict[str, object]:
+    """A log line's fields about `tp` (`extra=`; JSON logs show them)."""
+    return {"topic": tp[0], "partition": tp[1], **more}

@@ -54,8 +54,9 @@ class Written:
     dead_letters: int
     # Savepoints tried to isolate rows the database rejected (0 normally).
     isolation_attempts: int = 0
-    # The error class of each message of the batch that was dead-lettered.
-    rejected: tuple[str, ...] = ()
+    # The offset and error class of each message of the batch that was
+    # dead-lettered.
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
 def _json(value: Any) -> str:
@@ -295,5 +296,5 @@ async def write_batch(
         letters = [*rows.rejections, *rejected]
         n_dead = await insert_dead_letters(conn, group_id, letters)
     attempts = isolation.attempts if isolate else 0
-    classes = tuple(r.error_class for r in letters)
+    classes = tuple((r.record.offset, r.error_class) for r in letters)
     return Written(n_events, n_resources, n_dead, attempts, classes)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker.batching import Record
 from worker.decoding import Rows, to_rows
 from worker.errors import ErrorKind, classify, describe
+from worker.partitions import fields
 from worker.settings import Settings
 from worker.storage import Written, write_batch
 
@@ -45,7 +46,17 @@ class BatchWriter:
         if next_offset is None:
             next_offset = batch[-1].offset + 1
         async with self._slots:
-            return await self._write_rows(tp, expected, next_offset, rows)
+            written = await self._write_rows(tp, expected, next_offset, rows)
+        for offset, error_class in written.rejected:
+            # Where from and why, never the value (it may hold anything).
+            logger.warning(
+                "%s[%d]@%d: dead-lettered (%s); see `persister dlq list`",
+                *tp,
+                offset,
+                error_class,
+                extra=fields(tp, offset=offset, error_class=error_class),
+            )
+        return written
 
     async def _write_rows(
         self, tp: TP, expected: int | None, next_offset: int, rows: Rows

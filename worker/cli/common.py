@@ -147,6 +147,16 @@ class TextFormatter(logging.Formatter):
         return time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("worker").critical("crashed: %r", exc, exc_info=(kind, exc, tb))
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    logging.getLogger("worker").warning(
+        "%s: %r", unraisable.err_msg or "exception ignored", unraisable.exc_value
+    )
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -155,6 +165,12 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     state.json_logs = log_format == "json"
+    if state.json_logs:
+        # Whatever Python itself would print (warnings such as unclosed
+        # clients, an exception nothing caught) becomes a line like the rest.
+        logging.captureWarnings(True)
+        sys.excepthook = _log_uncaught
+        sys.unraisablehook = _log_unraisable
     # aiokafka logs every coordinator hiccup at ERROR; ours say what matters.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
