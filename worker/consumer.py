@@ -25,7 +25,8 @@ from worker.batching import Accumulator, Record, Triggers
 from worker.conditions import Conditions
 from worker.control_follower import ControlFollower
 from worker.deadletter import DeadLetterPublisher
-from worker.fetching import Fetching, new_consumer, seek_stored, warn_missing_topics
+from worker.fetching import Fetching, new_consumer, seek_stored
+from worker.missing_topics import MissingTopics
 from worker.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, fields, names
 from worker.progress import Progress, report_write
 from worker.settings import Settings
@@ -70,6 +71,7 @@ class Persister:
         )
         self.consumer = self._new_consumer()
         self.connecting = Conditions("kafka")
+        self.missing_topics = MissingTopics(settings)
         self.controls = ControlFollower(engine, settings.group_id, self.accumulator)
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
@@ -79,9 +81,8 @@ class Persister:
         return new_consumer(self.settings, _Listener(self))
 
     async def _connect(self, stopping: asyncio.Event) -> bool:
-        """Start consuming, waiting out an unreachable broker or a topic that
-        does not exist yet (aiokafka gives up on those after its request
-        timeout). False if stopped before it succeeded."""
+        """Start consuming, waiting out an unreachable broker (aiokafka gives
+        up after its request timeout). False if stopped before it succeeded."""
         failures = 0
         while not stopping.is_set():
             try:
@@ -112,13 +113,13 @@ class Persister:
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
-        await warn_missing_topics(self.consumer, self.settings)
         try:
             while not stopping.is_set():
                 for crashed in (self._crashed, self.dead_letters.crashed):
                     if crashed is not None:
                         raise crashed
                 await self.controls.follow(self.owned, self._inflight)
+                await self.missing_topics.check(self.consumer)
                 await self._prepare_assigned()
                 await self._poll()
                 self._start_due_flushes()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -66,23 +67,14 @@ def new_consumer(settings: Settings, listener: ConsumerRebalanceListener) -> AIO
         metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes + 1024),
     )
-    if settings.topic_pattern:
-        consumer.subscribe(pattern=settings.topic_pattern, listener=listener)
-    else:
-        consumer.subscribe(topics=list(settings.topics), listener=listener)
+    # Topics by name are subscribed as a pattern matching exactly them: the
+    # client's start-up waits for every topic named in a list to exist (and
+    # then fails, logging many lines a second meanwhile); with a pattern it
+    # starts without them and takes each up once it exists.
+    names = "|".join(re.escape(topic) for topic in settings.topics)
+    pattern = settings.topic_pattern or f"^(?:{names})$"
+    consumer.subscribe(pattern=pattern, listener=listener)
     return consumer
-
-
-async def warn_missing_topics(consumer: AIOKafkaConsumer, settings: Settings) -> None:
-    if settings.topic_pattern:
-        return
-    for topic in sorted(set(settings.topics) - await consumer.topics()):
-        logger.warning(
-            "topic %s does not exist yet; it is picked up once created (metadata is "
-            "refreshed every %.0f s)",
-            topic,
-            settings.metadata_max_age_s,
-        )
 
 
 async def seek_stored(

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.support import create_topic, end_offsets, send, unique
 from tests.integration.test_faults import (
+    assert_exact,
     no_crashes,
     tally,
     wait_ready,
@@ -83,6 +85,7 @@ async def test_json_lines_carry_fields_and_one_line_per_dead_letter(
 
 CRASHING_WORKER = """
 import sys
+import time
 
 from worker import writer
 
@@ -165,3 +168,49 @@ async def test_a_broker_restart_logs_a_handful_of_lines(
     print("\n".join(f"{n:3d} {s}" for s, n in shapes.most_common()))
     assert max(shapes.values()) <= 3, shapes
     assert sum(shapes.values()) <= 30, shapes
+
+
+async def test_a_missing_topic_is_one_line_and_is_consumed_once_created(
+    stack_info: StackInfo, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    topic, partitions = unique("missing-topic"), 2
+    group = f"group-{topic}"
+    env = worker_env(stack_info, topic, group, metadata_max_age_s="1")
+
+    async with WorkerPool(env, tmp_path / "workers") as pool:
+        pool.start(1)
+        await wait_ready(pool, [0], 60, marker="does not exist yet")
+        await asyncio.sleep(3)  # three metadata refreshes with the topic still missing
+        await create_topic(stack_info, topic, partitions)
+        values = list(messages(300, seed=74, invalid_every=30))
+        positions = await send(stack_info, topic, values)
+        ends = await end_offsets(stack_info, topic, partitions)
+        assert sum(ends.values()) == len(values)
+        await wait_stored(engine, group, topic, ends, 60, pool.tail)
+        no_crashes(pool)
+        signalled = time.monotonic()
+        assert await asyncio.to_thread(pool.stop_all) == [0], pool.tail()
+        assert time.monotonic() - signalled < 10, pool.tail()
+        missing = pool.grep(f"topic {topic} does not exist yet")
+        created = pool.grep(f"topic {topic} exists now; consuming it")
+        errors = pool.grep(" ERROR ")
+
+    assert len(missing) == 1, pool.tail()
+    assert len(created) == 1, pool.tail()
+    assert errors == []
+    await assert_exact(engine, group, topic, tally(values, positions), ends)
+
+
+async def test_a_worker_without_its_topic_stops_at_once_on_sigterm(
+    stack_info: StackInfo, tmp_path: Path
+) -> None:
+    topic = unique("never-created")
+    env = worker_env(stack_info, topic, f"group-{topic}")
+
+    async with WorkerPool(env, tmp_path / "workers") as pool:
+        pool.start(1)
+        await wait_ready(pool, [0], 60, marker="does not exist yet")
+        signalled = time.monotonic()
+        assert await asyncio.to_thread(pool.terminate, 0) == 0, pool.tail()
+        assert time.monotonic() - signalled < 10, pool.tail()
+        assert len(pool.grep("does not exist yet")) == 1, pool.tail()
