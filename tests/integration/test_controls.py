@@ -30,6 +30,7 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
+from tests.integration.test_faults import wait_ready
 from tests.integration.workers import WorkerPool, worker_env
 from worker.consumer import Persister
 from worker.kafka_admin import KafkaView
@@ -167,6 +168,8 @@ async def test_drain_leaves_the_group_and_keeps_the_process(
         await send(stack_info, topic, values(4, 8), partition=0)
         await send(stack_info, topic, values(4, 9), partition=1)
         await wait_persisted(engine, group, topic, {0: 4, 1: 4})
+        # Before its handler is installed, SIGUSR1 would end the process.
+        await wait_ready(pool, [0, 1], 60)
         pid = pool.pid(0)
         assert pid is not None
         os.kill(pid, signal.SIGUSR1)
