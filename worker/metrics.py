@@ -90,6 +90,13 @@ lag = Gauge(
     ["topic", "partition"],
     registry=registry,
 )
+group_lag = Gauge(
+    "persister_group_lag_records",
+    "Log end offset minus the stored offset, per partition of the group, owned or not; "
+    "published by the replica leading retention trimming",
+    ["topic", "partition"],
+    registry=registry,
+)
 paused_partitions = Gauge(
     "persister_paused_partitions", "Assigned partitions not being fetched", registry=registry
 )

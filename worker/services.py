@@ -27,6 +27,7 @@ from worker import metrics
 from worker.conditions import Conditions
 from worker.consumer import Persister
 from worker.database_wait import wait_for_database
+from worker.group_lag import publish_while_leading
 from worker.http import router, serve
 from worker.leader import Lease, acquire, release
 from worker.retention import Trimmed, trim
@@ -191,11 +192,18 @@ class RetentionTrimmer(Service):
         self.last_trim: Trimmed | None = None
 
     async def start(self) -> None:
-        # A leader paused mid-batch past half its lease has that batch rolled
+        # Three connections: the lease, a trim, the group's lag. A leader
+        # paused mid-batch past half its lease has that batch rolled
         # back by the server: by the time another replica leads, it is gone.
         ttl_s = self.settings.lease_ttl.total_seconds()
         engine = create_engine(
-            self.settings.database_url, pool_size=2, idle_in_transaction_s=ttl_s / 2
+            self.settings.database_url, pool_size=3, idle_in_transaction_s=ttl_s / 2
+        )
+        # Cancelled, not stopped: a call to an unreachable broker may hang.
+        lag = asyncio.create_task(
+            publish_while_leading(
+                self.settings, engine, lambda: self.lease is not None, self.lease_name
+            )
         )
         try:
             self.started_event.set()
@@ -203,6 +211,9 @@ class RetentionTrimmer(Service):
                 tasks.create_task(self._keep_lease(engine))
                 tasks.create_task(self._trim_while_leading(engine))
         finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             if self.lease is not None:
                 with contextlib.suppress(SQLAlchemyError, OSError):
                     await release(engine, self.lease)

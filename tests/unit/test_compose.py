@@ -99,7 +99,52 @@ def test_dashboard_queries_name_existing_metrics() -> None:
         for target in panel["targets"]:
             for name in re.findall(r"persister_[a-z_]+", target["expr"]):
                 assert name in exported, (panel["title"], name)
-    assert len(titles) == 6
+    assert len(titles) == 12
+
+
+# Published once for the whole group (by the trimmer leader), whichever
+# instance that is: only the job applies.
+GROUP_WIDE = ("persister_group_lag_records", "persister_trim_last_success_timestamp_seconds")
+
+
+def test_dashboard_has_job_and_instance_variables_that_every_query_uses() -> None:
+    dashboard = json.loads((COMPOSE / "grafana/dashboards/event-persister.json").read_text())
+    variables = {v["name"]: v["query"] for v in dashboard["templating"]["list"]}
+    assert variables == {
+        "job": "label_values(persister_build_info, job)",
+        "instance": 'label_values(persister_build_info{job=~"$job"}, instance)',
+    }
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name, selector in re.findall(r"(persister_[a-z_]+)\{([^}]*)\}", target["expr"]):
+                wanted = (
+                    'job=~"$job"' if name in GROUP_WIDE else 'job=~"$job", instance=~"$instance"'
+                )
+                assert selector.startswith(wanted), (panel["title"], target["expr"])
+            n_metrics = len(re.findall(r"persister_[a-z_]+", target["expr"]))
+            n_selected = len(re.findall(r"persister_[a-z_]+\{", target["expr"]))
+            assert n_metrics == n_selected, (panel["title"], target["expr"])
+
+
+def test_dashboard_shows_what_an_operator_is_alerted_about() -> None:
+    dashboard = json.loads((COMPOSE / "grafana/dashboards/event-persister.json").read_text())
+    shown = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"persister_[a-z_]+", target["expr"])
+    }
+    assert {
+        "persister_group_lag_records",
+        "persister_write_failures_total",
+        "persister_paused_partitions",
+        "persister_operator_paused_partitions",
+        "persister_rebalances_total",
+        "persister_trim_last_success_timestamp_seconds",
+        "persister_ready",
+    } <= shown
+    places = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(set(places)) == len(places), "panels overlap"
 
 
 def test_the_image_ships_the_code_and_runs_the_cli() -> None:
