@@ -186,6 +186,8 @@ dead_letters = Table(
     # When it reached the dead-letter topic; NULL until then (the table is
     # the outbox the topic is fed from, after the batch commits).
     Column("published", Timestamp, nullable=True),
+    # When an operator marked it dealt with (`persister dlq resolve`).
+    Column("resolved", Timestamp, nullable=True),
     # One dead letter per message, also when a replay reads it again.
     Index(None, "group_id", "topic", "partition", "offset", unique=True),
 )

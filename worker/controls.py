@@ -76,6 +76,33 @@ async def set_paused(
         )
 
 
+async def topic_paused(engine: AsyncEngine, group: str, topic: str) -> bool:
+    """Whether `topic` is paused as a whole."""
+    async with engine.connect() as conn:
+        controls = await read_controls(conn, group)
+    return any(c.topic == topic and c.partition == WHOLE_TOPIC and c.paused for c in controls)
+
+
+async def resume_one_of_paused_topic(
+    engine: AsyncEngine, group: str, topic: str, partitions: Iterable[int], resumed: int
+) -> None:
+    """Resume one partition of a topic paused as a whole: the topic's pause
+    becomes a pause of each of its other `partitions` (one transaction)."""
+    c = partition_controls.c
+    async with engine.begin() as conn:
+        for partition in sorted({*partitions, resumed, WHOLE_TOPIC}):
+            paused = partition not in (resumed, WHOLE_TOPIC)
+            stmt = dialect_insert(conn, partition_controls).values(
+                group_id=group, topic=topic, partition=partition, paused=paused
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[c.group_id, c.topic, c.partition],
+                    set_={"paused": paused, "updated": func.now()},
+                )
+            )
+
+
 async def request_reload(
     conn: AsyncConnection, group: str, topic: str, partitions: Iterable[int]
 ) -> None:

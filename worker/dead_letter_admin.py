@@ -1,17 +1,20 @@
-"""Operators' view of dead letters: list them, and send chosen ones back to
-the topic they came from (after fixing what made them fail: a setting, the
-schema, or the message itself). Events are idempotent by id, so sending one
-back twice still stores it once."""
+"""Operators' view of dead letters: list them newest first, count them by
+error class and topic, mark them resolved, purge them, and send chosen ones
+back to the topic they came from (after fixing what made them fail: a
+setting, the schema, or the message itself). Events are idempotent by id,
+so sending one back twice still stores it once."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import Row, select
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
@@ -20,23 +23,94 @@ from worker.deadletter import TOO_LARGE
 from worker.settings import Settings
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a command is about: every given criterion applies.
+    `resolved` None takes resolved and unresolved ones alike."""
+
+    group: str | None = None
+    topic: str | None = None
+    error_class: str | None = None
+    ids: Sequence[int] = ()
+    older_than: timedelta | None = None
+    resolved: bool | None = False
+
+    def where(self) -> list[ColumnElement[bool]]:
+        c = dead_letters.c
+        found: list[ColumnElement[bool]] = [
+            column == value
+            for column, value in (
+                (c.group_id, self.group),
+                (c.topic, self.topic),
+                (c.error_class, self.error_class),
+            )
+            if value is not None
+        ]
+        if self.ids:
+            found.append(c.id.in_(self.ids))
+        if self.older_than is not None:
+            found.append(c.recorded < datetime.now(UTC) - self.older_than)
+        if self.resolved is not None:
+            found.append(c.resolved.is_not(None) if self.resolved else c.resolved.is_(None))
+        return found
+
+
 async def list_dead_letters(
-    engine: AsyncEngine,
-    group: str | None = None,
-    topic: str | None = None,
-    error_class: str | None = None,
-    ids: Sequence[int] = (),
-    limit: int = 100,
+    engine: AsyncEngine, selection: Selection, limit: int = 100, before_id: int | None = None
 ) -> list[Row[Any]]:
+    """Newest first; with `before_id`, those older than that one."""
     c = dead_letters.c
-    query = select(dead_letters).order_by(c.id).limit(limit)
-    for column, value in ((c.group_id, group), (c.topic, topic), (c.error_class, error_class)):
-        if value is not None:
-            query = query.where(column == value)
-    if ids:
-        query = query.where(c.id.in_(ids))
+    query = select(dead_letters).where(*selection.where()).order_by(c.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(c.id < before_id)
     async with engine.connect() as conn:
         return list((await conn.execute(query)).all())
+
+
+async def count_dead_letters(engine: AsyncEngine, selection: Selection) -> int:
+    query = select(func.count()).select_from(dead_letters).where(*selection.where())
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Stat:
+    error_class: str
+    topic: str
+    unresolved: int
+    resolved: int
+
+
+async def dead_letter_stats(engine: AsyncEngine, selection: Selection) -> list[Stat]:
+    """Counts by error class and topic, the largest first."""
+    c = dead_letters.c
+    unresolved = func.count().filter(c.resolved.is_(None))
+    query = (
+        select(c.error_class, c.topic, unresolved, func.count(c.resolved))
+        .where(*selection.where())
+        .group_by(c.error_class, c.topic)
+        .order_by(func.count().desc(), c.error_class, c.topic)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [Stat(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+
+async def resolve(engine: AsyncEngine, selection: Selection) -> int:
+    """Mark the selected unresolved dead letters resolved; how many."""
+    query = (
+        update(dead_letters)
+        .where(*replace(selection, resolved=False).where())
+        .values(resolved=func.now())
+    )
+    async with engine.begin() as conn:
+        return int((await conn.execute(query)).rowcount)
+
+
+async def purge(engine: AsyncEngine, selection: Selection) -> int:
+    """Delete the selected dead letters; how many."""
+    async with engine.begin() as conn:
+        return int((await conn.execute(delete(dead_letters).where(*selection.where()))).rowcount)
 
 
 def dead_letters_json(letters: list[Row[Any]]) -> str:

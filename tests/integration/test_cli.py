@@ -228,10 +228,10 @@ async def test_dlq_replay_after_a_fix_persists_once(
     assert code == 0, out
     listed = orjson.loads(out)
     assert [(d["offset"], d["error_class"]) for d in listed] == [
-        (0, "InvalidEnvelope"),
         (1, "InvalidJson"),
+        (0, "InvalidEnvelope"),
     ]
-    assert listed[1]["value"] == "{broken json"
+    assert listed[0]["value"] == "{broken json"
     ids = {d["offset"]: d["id"] for d in listed}
 
     # The fix: the limit is raised (default settings) and the broken one rewritten.

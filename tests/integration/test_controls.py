@@ -33,6 +33,7 @@ from tests.integration.support import (
 from tests.integration.test_faults import wait_ready
 from tests.integration.workers import WorkerPool, worker_env
 from worker.consumer import Persister
+from worker.controls import paused_among, read_controls
 from worker.kafka_admin import KafkaView
 from worker.loadgen import make_event
 from worker.stack import StackInfo
@@ -188,3 +189,30 @@ async def test_drain_leaves_the_group_and_keeps_the_process(
         assert len(pool.grep("drained: the process stays up")) == 1, pool.tail()
         assert await asyncio.to_thread(pool.terminate, 0) == 0
     assert (await counts(engine))[0] == 14
+
+
+async def test_resuming_one_partition_of_a_topic_paused_as_a_whole_resumes_it(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    topic = unique("split-pause")
+    group = f"group-{topic}"
+    await create_topic(stack_info, topic, 3)
+    partitions = [(topic, p) for p in range(3)]
+
+    async def paused() -> set[tuple[str, int]]:
+        async with engine.connect() as conn:
+            return paused_among(await read_controls(conn, group), partitions)
+
+    where = ("--topic", topic, "--group", group)
+    code, out, err = await asyncio.to_thread(command, stack_info, "pause", *where)
+    assert code == 0, err
+    assert await paused() == set(partitions)
+    code, out, err = await asyncio.to_thread(
+        command, stack_info, "resume", *where, "--partition", "1"
+    )
+    assert code == 0, err
+    assert f"still paused: {topic}[0], {topic}[2]" in out, out
+    assert await paused() == {(topic, 0), (topic, 2)}
+    code, out, err = await asyncio.to_thread(command, stack_info, "resume", *where)
+    assert code == 0, err
+    assert await paused() == set()

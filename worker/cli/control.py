@@ -6,10 +6,12 @@ import asyncio
 from typing import Annotated
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.limits import MAX_GROUP_ID_BYTES, MAX_TOPIC_CHARS, utf8_length
 from worker.cli.common import app, setup, with_engine
-from worker.controls import set_paused
+from worker.controls import resume_one_of_paused_topic, set_paused, topic_paused
+from worker.kafka_admin import KafkaView
 
 Topic = Annotated[str, typer.Option(help="The topic.")]
 Partition = Annotated[int | None, typer.Option(min=0, help="Only this partition.")]
@@ -24,12 +26,24 @@ def _set(topic: str, partition: int | None, group: str | None, paused: bool) -> 
         raise typer.BadParameter(
             f"a group is at most {MAX_GROUP_ID_BYTES} bytes, a topic {MAX_TOPIC_CHARS} characters"
         )
-    asyncio.run(
-        with_engine(settings, lambda engine: set_paused(engine, name, topic, partition, paused))
-    )
+
+    async def go(engine: AsyncEngine) -> list[int]:
+        """The partitions still paused by the topic's pause, if it is split."""
+        if paused or partition is None or not await topic_paused(engine, name, topic):
+            await set_paused(engine, name, topic, partition, paused)
+            return []
+        async with KafkaView.open(settings) as view:
+            found = [tp.partition for tp in await view.partitions(topic)]
+        await resume_one_of_paused_topic(engine, name, topic, found, partition)
+        return [p for p in found if p != partition]
+
+    still = asyncio.run(with_engine(settings, go))
     which = f"{topic}[{partition}]" if partition is not None else f"every partition of {topic}"
     verb = "paused" if paused else "resumed"
     typer.echo(f"{verb} {which} for group {name!r}; its owner follows within 2 s")
+    if still:
+        listed = ", ".join(f"{topic}[{p}]" for p in still)
+        typer.echo(f"the topic was paused as a whole; still paused: {listed}")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Commands operators use on a running deployment: replay, status, dead letters."""
+"""Commands operators use on a running deployment: replay and status (dead
+letters: `worker.cli.dead_letters`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,20 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker.cli.common import (
     EXIT_BAD_SETTINGS,
     EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
     app,
     explain_line,
     setup,
     with_engine,
 )
 from worker.database_wait import ping
-from worker.dead_letter_admin import (
-    SendBackFailed,
-    dead_letters_json,
-    list_dead_letters,
-    oversized,
-    send_back,
-)
 from worker.kafka_admin import KafkaView
 from worker.replay import Move, ReplayRefused, Target, apply, followed, plan
 from worker.services import RetentionTrimmer
@@ -196,78 +188,3 @@ def watch_status(once: Callable[[], Status]) -> None:
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
-
-
-dlq_app = typer.Typer(help="Inspect dead letters and send them back.", no_args_is_help=True)
-app.add_typer(dlq_app, name="dlq")
-
-
-@dlq_app.command("list")
-def dlq_list(
-    group: Annotated[str | None, typer.Option(help="Only this group.")] = None,
-    topic: Annotated[str | None, typer.Option(help="Only this source topic.")] = None,
-    error_class: Annotated[str | None, typer.Option(help="Only this kind of error.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
-) -> None:
-    """Dead letters, oldest first: where each came from and why it failed."""
-    settings = setup("WARNING")
-    letters = asyncio.run(
-        with_engine(
-            settings,
-            lambda engine: list_dead_letters(engine, group, topic, error_class, limit=limit),
-        )
-    )
-    if as_json:
-        typer.echo(dead_letters_json(letters))
-        return
-    table = Table(title=f"{len(letters)} dead letters")
-    for column in ("id", "topic", "partition", "offset", "error class", "error", "sent to topic"):
-        table.add_column(column)
-    for d in letters:
-        sent = d.published.strftime("%Y-%m-%d %H:%M:%S") if d.published else "-"
-        cells = (d.id, d.topic, d.partition, d.offset, d.error_class, d.error[:80], sent)
-        table.add_row(*map(str, cells))
-    Console().print(table)
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    ids: Annotated[list[int], typer.Option("--id", help="Dead letter id (repeatable).")],
-    value_file: Annotated[
-        Path | None, typer.Option(help="Send this fixed value instead (one --id only).")
-    ] = None,
-) -> None:
-    """Send dead letters back to their topic and partition, e.g. after a fix.
-
-    Exit codes: 0 sent, 4 Kafka failed (one line), 2 bad arguments or no such
-    id, 3 refused: a value larger than PERSISTER_MAX_MESSAGE_BYTES (nothing is
-    sent), or one its topic refuses as too large (nothing after it is sent)."""
-    if value_file is not None and len(ids) != 1:
-        raise typer.BadParameter("--value-file goes with exactly one --id")
-    value = value_file.read_bytes() if value_file is not None else None
-    settings = setup("WARNING")
-    letters = asyncio.run(with_engine(settings, lambda e: list_dead_letters(e, ids=ids)))
-    missing = sorted(set(ids) - {d.id for d in letters})
-    if missing:
-        typer.echo(f"error: no dead letter with id {', '.join(map(str, missing))}", err=True)
-        raise typer.Exit(EXIT_BAD_SETTINGS)
-    if too_large := oversized(letters, value, settings.max_message_bytes):
-        listed = ", ".join(f"{letter_id} ({size} bytes)" for letter_id, size in too_large)
-        which = f"dead letter {listed} is" if len(too_large) == 1 else f"dead letters {listed} are"
-        typer.echo(
-            f"refused: {which} larger than PERSISTER_MAX_MESSAGE_BYTES="
-            f"{settings.max_message_bytes} and would be dead-lettered again; raise it "
-            "(for the workers too) or send a smaller --value-file",
-            err=True,
-        )
-        raise typer.Exit(EXIT_REFUSED)
-    try:
-        sent = asyncio.run(send_back(settings, letters, value))
-    except SendBackFailed as exc:
-        if exc.too_large:
-            typer.echo(f"refused: {exc}; raise the topic's max.message.bytes", err=True)
-            raise typer.Exit(EXIT_REFUSED) from None
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    typer.echo(f"sent {sent} dead letters back to their topics")
