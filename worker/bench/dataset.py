@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE
 from worker.decoding import json_text, other_labels
@@ -113,3 +113,20 @@ def copy_chunks(
             chunk.resources.extend(resource_records(event, row[id_at], row[occurred_at]))
         chunks.append(chunk)
     return chunks
+
+
+def with_fresh_ids(chunks: Sequence[CopyChunk]) -> list[CopyChunk]:
+    """The same rows under new random event ids: for writing them a second
+    time into tables that already hold them."""
+    id_at = EVENT_COLUMNS.index("id")
+    event_id_at = RESOURCE_COLUMNS.index("event_id")
+    fresh = []
+    for chunk in chunks:
+        ids = {row[id_at]: uuid4() for row in chunk.events}
+        events = [(*row[:id_at], ids[row[id_at]], *row[id_at + 1 :]) for row in chunk.events]
+        resources = [
+            (*row[:event_id_at], ids[row[event_id_at]], *row[event_id_at + 1 :])
+            for row in chunk.resources
+        ]
+        fresh.append(CopyChunk(events, resources))
+    return fresh
