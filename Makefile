@@ -72,9 +72,9 @@ test: lint prefect-venv ## Everything: lint, unit and integration tests
 	$(BIN)/pytest
 
 .PHONY: bench
-bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
+bench: install ## Benchmark side by side: ceilings, previous schema, naive baseline, 1 and 2 workers (PRELOAD=4000000: also on stored events)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
-	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
+	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
 
 .PHONY: demo
 demo: install ## Run it end to end on a local stack
