@@ -78,10 +78,12 @@ class Replicas:
     topics: list[str]
     group_id: str
     log_dir: Path
+    # Settings on top of the defaults, by variable name.
+    settings: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, count: int) -> None:
-        env = worker_env(self.info, self.topics, self.group_id)
+        env = worker_env(self.info, self.topics, self.group_id) | self.settings
         for i in range(count):
             with (self.log_dir / f"{self.group_id}-{i}.log").open("wb") as out:
                 self.procs.append(
