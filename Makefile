@@ -76,6 +76,16 @@ bench: install ## Benchmark side by side: ceilings, previous schema, naive basel
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
 
+.PHONY: bench-retention
+bench-retention: install ## Retention: drop a day of expired events (EXPIRED, default 5000000) while a worker ingests
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m worker.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
+
+.PHONY: bench-growth
+bench-growth: install ## Write speed as the tables fill to TARGET events (default 10000000), both schemas; not in CI
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m worker.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
+
 .PHONY: demo
 demo: install ## Run it end to end on a local stack
 	$(BIN)/python -m worker.demo

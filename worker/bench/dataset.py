@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -115,18 +115,32 @@ def copy_chunks(
     return chunks
 
 
-def with_fresh_ids(chunks: Sequence[CopyChunk]) -> list[CopyChunk]:
-    """The same rows under new random event ids: for writing them a second
-    time into tables that already hold them."""
-    id_at = EVENT_COLUMNS.index("id")
+def with_fresh_ids(chunks: Sequence[CopyChunk], shift: timedelta = timedelta(0)) -> list[CopyChunk]:
+    """The same rows under new random event ids (for writing them again into
+    tables that already hold them), `occurred` moved by `shift`."""
+    id_at, occurred_at = EVENT_COLUMNS.index("id"), EVENT_COLUMNS.index("occurred")
     event_id_at = RESOURCE_COLUMNS.index("event_id")
+    resource_occurred_at = RESOURCE_COLUMNS.index("occurred")
     fresh = []
     for chunk in chunks:
         ids = {row[id_at]: uuid4() for row in chunk.events}
-        events = [(*row[:id_at], ids[row[id_at]], *row[id_at + 1 :]) for row in chunk.events]
+        events = [
+            _replace(row, {id_at: ids[row[id_at]], occurred_at: row[occurred_at] + shift})
+            for row in chunk.events
+        ]
         resources = [
-            (*row[:event_id_at], ids[row[event_id_at]], *row[event_id_at + 1 :])
+            _replace(
+                row,
+                {
+                    event_id_at: ids[row[event_id_at]],
+                    resource_occurred_at: row[resource_occurred_at] + shift,
+                },
+            )
             for row in chunk.resources
         ]
         fresh.append(CopyChunk(events, resources))
     return fresh
+
+
+def _replace(row: Row, values: dict[int, Any]) -> Row:
+    return tuple(values.get(i, value) for i, value in enumerate(row))
