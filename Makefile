@@ -76,9 +76,19 @@ test-cluster: install ## The longest tests on a three-broker cluster: rolling re
 	$(BIN)/pytest -m cluster
 
 .PHONY: bench
-bench: install ## Benchmark side by side: consume and COPY ceilings, naive baseline, 1 and 2 workers
+bench: install ## Benchmark side by side: ceilings, previous schema, naive baseline, 1 and 2 workers (PRELOAD=4000000: also on stored events)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
-	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --out bench-results
+	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
+
+.PHONY: bench-retention
+bench-retention: install ## Retention: drop a day of expired events (EXPIRED, default 5000000) while a worker ingests
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m worker.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
+
+.PHONY: bench-growth
+bench-growth: install ## Write speed as the tables fill to TARGET events (default 10000000), both schemas; not in CI
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m worker.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
 
 .PHONY: soak
 soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/

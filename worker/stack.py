@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,18 @@ class LocalStack:
     """Kafka (one KRaft node, or a cluster of `brokers`) plus, unless a
     database URL is given, one PostgreSQL cluster."""
 
-    def __init__(self, state_dir: Path, database_url: str | None = None, brokers: int = 1) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        database_url: str | None = None,
+        brokers: int = 1,
+        server_settings: Mapping[str, str] = SERVER_SETTINGS,
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self._external_db = database_url
+        # On the command line, so ALTER SYSTEM cannot change them: a benchmark
+        # that switches settings passes none and sets them itself.
+        self._server_settings = dict(server_settings)
         self._pg_dir = self.state_dir / "postgres"
         self._pgdata = self._pg_dir / "pgdata"
         self._ports: dict[str, int] = {}
@@ -203,7 +213,7 @@ class LocalStack:
         port = str(self._ports["postgres"])
         # pg_ctl hands -o to a shell, hence the quoting.
         opts = f"-p {port} -k {shlex.quote(str(self._pg_dir))} -c listen_addresses=127.0.0.1"
-        opts += "".join(f" -c {name}={value}" for name, value in SERVER_SETTINGS.items())
+        opts += "".join(f" -c {name}={value}" for name, value in self._server_settings.items())
         pg_log = str(self._pg_dir / "postgres.log")
         args = ["-D", str(self._pgdata), "-l", pg_log, "-w", "-t", "60", "-o", opts, "start"]
         self._pg("pg_ctl", *args, what="PostgreSQL did not start")

@@ -9,14 +9,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.bench.results import CONSUME_CEILING, NAIVE, WORKER_1, WORKER_2, WRITE_CEILING
+from worker.bench.results import (
+    CONSUME_CEILING,
+    NAIVE,
+    PREVIOUS_COPY,
+    WORKER_1,
+    WORKER_2,
+    WRITE_CEILING,
+    at_size,
+)
 
 EVENTS = 2_000
+# Enough to run the "at size" phases; the real figure is millions (see
+# docs/performance.md).
+PRELOAD = 5_000
 
 
 def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.bench", "--events", str(EVENTS), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            *("-m", "worker.bench", "--events", str(EVENTS), "--preload", str(PRELOAD)),
+            *("--out", str(tmp_path)),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -34,18 +49,34 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     assert result["load"]["events_per_s"] > 0
 
     measured = {m["name"]: m for m in result["measurements"]}
-    assert set(measured) == {CONSUME_CEILING, WRITE_CEILING, NAIVE, WORKER_1, WORKER_2}
+    at = at_size(PRELOAD)
+    assert set(measured) == {
+        *(CONSUME_CEILING, PREVIOUS_COPY, WRITE_CEILING, NAIVE, WORKER_1, WORKER_2),
+        *(PREVIOUS_COPY + at, WRITE_CEILING + at, WORKER_1 + at),
+    }
     for name, measurement in measured.items():
         assert measurement["events_per_s"] > 0, name
+        if name != CONSUME_CEILING:
+            # The server's CPU over the phase: never nothing, as it stored rows.
+            assert measurement["server_cpu_s_per_10k_events"] > 0, name
+    assert result["preloaded"]["events"] == PRELOAD
+    # Each "at size" worker check compares the rows it added with the topic's.
+    assert {c["what"]: c["actual"] for c in result["checks"]}[f"{WORKER_1 + at}: events rows"] == (
+        EVENTS
+    )
     # Small enough that the naive baseline finishes within its time budget.
     assert measured[NAIVE]["events"] == EVENTS
-    for name, replicas in ((WORKER_1, 1), (WORKER_2, 2)):
+    for name, replicas in ((WORKER_1, 1), (WORKER_2, 2), (WORKER_1 + at, 1)):
         assert measured[name]["events"] == EVENTS
         assert len(measured[name]["peak_rss_mib_per_replica"]) == replicas
         assert all(rss > 0 for rss in measured[name]["peak_rss_mib_per_replica"])
         assert measured[name]["cpu_s_per_10k_events"] > 0
 
     assert all(ratio > 0 for ratio in result["ratios"].values()), result["ratios"]
+    assert len(result["ratios"]) == 10
+    # Every target of the storage work is reported, met or not.
+    assert len(result["targets"]) == 9, result["targets"]
+    assert all(isinstance(target["met"], bool) for target in result["targets"])
     latencies = result["latency"]
     assert len(latencies) == 3
     assert all(lat["rows"] > 0 and 0 < lat["p50_ms"] <= lat["p99_ms"] for lat in latencies)

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import Event
-from worker.bench import db
+from worker.bench import db, reference
 from worker.bench.dataset import CopyChunk
 from worker.bench.results import CONSUME_CEILING, WRITE_CEILING, IndexCost, Phase
+from worker.bench.server import ServerCpu
 from worker.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
 from worker.settings import Limits, Settings
 
@@ -63,26 +64,50 @@ async def consume(bootstrap_servers: str, topic: str, ends: dict[int, int]) -> P
     return Phase(CONSUME_CEILING, read, seconds, "aiokafka, no group; validated as the worker does")
 
 
-async def copy(conn: db.Connection, chunks: Sequence[CopyChunk]) -> float:
+async def copy(conn: db.Connection, chunks: Sequence[CopyChunk], schema: str = "public") -> float:
     """COPY `chunks` into events and event_resources, one transaction each; the seconds taken."""
     started = time.monotonic()
     for chunk in chunks:
         async with conn.transaction():
-            await conn.copy_records_to_table("events", records=chunk.events, columns=EVENT_COLUMNS)
             await conn.copy_records_to_table(
-                "event_resources", records=chunk.resources, columns=RESOURCE_COLUMNS
+                "events", records=chunk.events, columns=EVENT_COLUMNS, schema_name=schema
+            )
+            await conn.copy_records_to_table(
+                "event_resources",
+                records=chunk.resources,
+                columns=RESOURCE_COLUMNS,
+                schema_name=schema,
             )
     return time.monotonic() - started
 
 
-async def write(database_url: str, chunks: Sequence[CopyChunk]) -> Phase:
+async def write(
+    database_url: str,
+    chunks: Sequence[CopyChunk],
+    *,
+    name: str = WRITE_CEILING,
+    schema: str = "public",
+    on_empty: bool = True,
+) -> Phase:
+    """COPY `chunks` into `schema`'s tables, emptied before and after unless
+    `on_empty` is False (then the rows stay, on top of those already there)."""
+    empty = db.truncate if schema == "public" else reference.truncate
     async with db.connect(database_url) as conn:
-        await db.truncate(conn)
-        seconds = await copy(conn, chunks)
-        await db.truncate(conn)
+        if on_empty:
+            await empty(conn)
+        else:
+            await conn.execute("CHECKPOINT")
+        cpu = await ServerCpu.of(conn)
+        before = cpu.seconds()
+        seconds = await copy(conn, chunks, schema)
+        server_cpu = cpu.seconds() - before
+        if on_empty:
+            await empty(conn)
     events = sum(map(len, chunks))
     note = f"asyncpg COPY, {len(chunks[0]) if chunks else 0:,} events per transaction"
-    return Phase(WRITE_CEILING, events, seconds, note)
+    if schema != "public":
+        note += f"; schema {schema}"
+    return Phase(name, events, seconds, note, server_cpu_seconds=server_cpu)
 
 
 async def index_costs(database_url: str, chunks: Sequence[CopyChunk]) -> list[IndexCost]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE
 from worker.decoding import json_text, other_labels
@@ -113,3 +113,34 @@ def copy_chunks(
             chunk.resources.extend(resource_records(event, row[id_at], row[occurred_at]))
         chunks.append(chunk)
     return chunks
+
+
+def with_fresh_ids(chunks: Sequence[CopyChunk], shift: timedelta = timedelta(0)) -> list[CopyChunk]:
+    """The same rows under new random event ids (for writing them again into
+    tables that already hold them), `occurred` moved by `shift`."""
+    id_at, occurred_at = EVENT_COLUMNS.index("id"), EVENT_COLUMNS.index("occurred")
+    event_id_at = RESOURCE_COLUMNS.index("event_id")
+    resource_occurred_at = RESOURCE_COLUMNS.index("occurred")
+    fresh = []
+    for chunk in chunks:
+        ids = {row[id_at]: uuid4() for row in chunk.events}
+        events = [
+            _replace(row, {id_at: ids[row[id_at]], occurred_at: row[occurred_at] + shift})
+            for row in chunk.events
+        ]
+        resources = [
+            _replace(
+                row,
+                {
+                    event_id_at: ids[row[event_id_at]],
+                    resource_occurred_at: row[resource_occurred_at] + shift,
+                },
+            )
+            for row in chunk.resources
+        ]
+        fresh.append(CopyChunk(events, resources))
+    return fresh
+
+
+def _replace(row: Row, values: dict[int, Any]) -> Row:
+    return tuple(values.get(i, value) for i, value in enumerate(row))

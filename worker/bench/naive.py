@@ -23,6 +23,7 @@ from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
 from schemas.tables import event_resources, events
 from worker.bench import db
 from worker.bench.results import NAIVE, Check, Phase
+from worker.bench.server import ServerCpu
 from worker.decoding import other_labels
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,10 @@ async def measure(
     """The baseline on emptied tables, and whether it wrote what it says it did."""
     async with db.connect(database_url) as conn:
         await db.truncate(conn)
+        server = await ServerCpu.of(conn)
+        before = server.seconds()
     done = await run(bootstrap_servers, database_url, topic, total, budget_s)
+    done.phase.server_cpu_seconds = server.seconds() - before
     async with db.connect(database_url) as conn:
         counts = await db.counts(conn)
     return done.phase, [

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from worker.bench.latency import UNDER_COUNT
 from worker.bench.results import IndexCost, Results
+from worker.bench.targets import targets
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def print_report(results: Results, console: Console) -> None:
         table.add_column(column, justify="left" if column == "measurement" else "right")
     table.add_column("peak RSS MiB\n(per replica)", justify="right")
     table.add_column("CPU s / 10k\n(all replicas)", justify="right")
+    table.add_column("PostgreSQL\nCPU s / 10k", justify="right")
     table.add_column("how")
     for phase in results.phases:
         rss = " + ".join(_num(m) for m in phase.peak_rss_mib) or "-"
@@ -41,6 +43,7 @@ def print_report(results: Results, console: Console) -> None:
             _num(phase.rate),
             rss,
             _num(phase.cpu_s_per_10k, 2),
+            _num(phase.server_cpu_s_per_10k, 2),
             phase.note,
         )
     console.print(table)
@@ -48,6 +51,12 @@ def print_report(results: Results, console: Console) -> None:
         f"{name.replace('_', ' ')}: {_num(value, 2)}" for name, value in results.ratios().items()
     )
     console.print(f"ratios  {ratios}")
+    if results.preloaded:
+        console.print(
+            f"stored {results.preloaded:,} events in each schema in "
+            f"{results.preload_seconds:.0f} s before the rows marked 'stored'"
+        )
+    _print_targets(results, console)
     _print_latencies(results, console)
     _print_index_costs(results.index_costs, console)
     if results.error:
@@ -57,6 +66,19 @@ def print_report(results: Results, console: Console) -> None:
         console.print(f"[red]FAILED[/] {check.what}: expected {check.expected}, got {check.actual}")
     if not failed and not results.error:
         console.print(f"correctness: all {len(results.checks)} checks passed")
+
+
+def _print_targets(results: Results, console: Console) -> None:
+    found = targets(results)
+    if not found:
+        return
+    table = Table(title="targets")
+    for column in ("target", "measured", "limit", ""):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for target in found:
+        limit = f"{'>=' if target.at_least else '<='} {target.limit:g}"
+        table.add_row(target.what, f"{target.value:,.2f}", limit, "met" if target.met else "MISSED")
+    console.print(table)
 
 
 def _print_latencies(results: Results, console: Console) -> None:
@@ -109,6 +131,8 @@ def as_json(results: Results) -> dict[str, Any]:
         },
         "measurements": [phase.as_json() for phase in results.phases],
         "ratios": {k: None if v is None else round(v, 3) for k, v in results.ratios().items()},
+        "preloaded": {"events": results.preloaded, "seconds": round(results.preload_seconds, 1)},
+        "targets": [target.as_json() for target in targets(results)],
         "latency": [latency.as_json() for latency in results.latencies],
         "latency_note": UNDER_COUNT,
         "index_costs": [

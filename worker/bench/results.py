@@ -17,6 +17,8 @@ class Phase:
     # Worker runs only: peak RSS of each replica, and CPU over the run, summed.
     peak_rss_mib: list[float] = field(default_factory=list)
     cpu_seconds: float | None = None
+    # The PostgreSQL server's CPU (all its processes) over the phase.
+    server_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -27,6 +29,12 @@ class Phase:
         if self.cpu_seconds is None or not self.events:
             return None
         return self.cpu_seconds / self.events * 10_000
+
+    @property
+    def server_cpu_s_per_10k(self) -> float | None:
+        if self.server_cpu_seconds is None or not self.events:
+            return None
+        return self.server_cpu_seconds / self.events * 10_000
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +47,8 @@ class Phase:
             "peak_rss_mib_sum": round(sum(self.peak_rss_mib), 1) if self.peak_rss_mib else None,
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
             "cpu_s_per_10k_events": _round(self.cpu_s_per_10k, 3),
+            "server_cpu_seconds": _round(self.server_cpu_seconds, 2),
+            "server_cpu_s_per_10k_events": _round(self.server_cpu_s_per_10k, 3),
         }
 
 
@@ -100,6 +110,9 @@ class Results:
     latencies: list[Latency] = field(default_factory=list)
     index_costs: list[IndexCost] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    # Events already stored for the "at size" phases (0: none run).
+    preloaded: int = 0
+    preload_seconds: float = 0.0
     finished: str = ""
     total_seconds: float = 0.0
     # Why the run stopped early, if it did.
@@ -112,20 +125,47 @@ class Results:
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
 
-    def ratios(self) -> dict[str, float | None]:
-        worker = self.phase(WORKER_1)
-
-        def ratio(other: str) -> float | None:
-            base = self.phase(other)
-            if worker is None or base is None or not base.rate:
+    def ratio(self, name: str, base: str, server_cpu: bool = False) -> float | None:
+        """`name`'s events/s over `base`'s (or their server CPU per 10k events)."""
+        phase, other = self.phase(name), self.phase(base)
+        if phase is None or other is None:
+            return None
+        if server_cpu:
+            if phase.server_cpu_s_per_10k is None or not other.server_cpu_s_per_10k:
                 return None
-            return worker.rate / base.rate
+            return phase.server_cpu_s_per_10k / other.server_cpu_s_per_10k
+        return phase.rate / other.rate if other.rate else None
 
-        return {
-            "worker_1_over_write_ceiling": ratio(WRITE_CEILING),
-            "worker_1_over_naive": ratio(NAIVE),
-            "worker_1_over_consume_ceiling": ratio(CONSUME_CEILING),
+    def ratios(self) -> dict[str, float | None]:
+        found = {
+            "worker_1_over_write_ceiling": self.ratio(WORKER_1, WRITE_CEILING),
+            "worker_1_over_previous_copy": self.ratio(WORKER_1, PREVIOUS_COPY),
+            "worker_1_over_naive": self.ratio(WORKER_1, NAIVE),
+            "worker_1_over_consume_ceiling": self.ratio(WORKER_1, CONSUME_CEILING),
+            "server_cpu_copy_over_previous_copy": self.ratio(
+                WRITE_CEILING, PREVIOUS_COPY, server_cpu=True
+            ),
+            "server_cpu_worker_1_over_previous_copy": self.ratio(
+                WORKER_1, PREVIOUS_COPY, server_cpu=True
+            ),
         }
+        if self.preloaded:
+            at = at_size(self.preloaded)
+            found |= {
+                "at_size_worker_1_over_write_ceiling": self.ratio(
+                    WORKER_1 + at, WRITE_CEILING + at
+                ),
+                "at_size_worker_1_over_previous_copy": self.ratio(
+                    WORKER_1 + at, PREVIOUS_COPY + at
+                ),
+                "at_size_server_cpu_copy_over_previous_copy": self.ratio(
+                    WRITE_CEILING + at, PREVIOUS_COPY + at, server_cpu=True
+                ),
+                "at_size_server_cpu_worker_1_over_previous_copy": self.ratio(
+                    WORKER_1 + at, PREVIOUS_COPY + at, server_cpu=True
+                ),
+            }
+        return found
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -134,6 +174,12 @@ def _round(value: float | None, digits: int) -> float | None:
 
 CONSUME_CEILING = "consume ceiling"
 WRITE_CEILING = "write ceiling (COPY)"
+PREVIOUS_COPY = "COPY, previous schema + default settings"
 NAIVE = "naive baseline"
 WORKER_1 = "worker, 1 replica"
 WORKER_2 = "worker, 2 replicas"
+
+
+def at_size(preloaded: int) -> str:
+    """The suffix of a phase run on tables already holding `preloaded` events."""
+    return f", {preloaded:,} stored"

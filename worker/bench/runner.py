@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from schemas.migrate import upgrade
-from worker.bench import ceilings, db, naive, topics
+from worker.bench import ceilings, db, naive, reference, server, storage, topics
 from worker.bench.context import PARTITIONS, Bench
 from worker.bench.dataset import copy_chunks, make_dataset
 from worker.bench.latency import LatencyProbe
@@ -48,7 +48,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=NAIVE_BUDGET_S,
         help="time budget of the naive baseline (it stops earlier when done)",
     )
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        help="also run COPY and the worker on tables already holding this many events",
+    )
     args = parser.parse_args(argv)
+    if args.preload < 0:
+        parser.error("--preload must not be negative")
     if args.events < 100:
         parser.error("--events must be at least 100")
     return args
@@ -86,13 +94,17 @@ async def prepare(info: StackInfo, size: int, log_dir: Path, results: Results) -
     return Bench(info, dataset, TOPIC, ends, LATENCY_TOPIC, log_dir)
 
 
-async def measure(bench: Bench, naive_budget_s: float, results: Results) -> None:
+async def measure(bench: Bench, naive_budget_s: float, preload: int, results: Results) -> None:
     info = bench.info
     servers, url = info.kafka_bootstrap_servers, info.database_url
     log.info("consume ceiling")
     results.phases.append(await ceilings.consume(servers, bench.topic, bench.ends))
     # Prepared before any clock starts; `received` is irrelevant to COPY's speed.
     chunks = copy_chunks(bench.dataset.events, datetime.now(UTC), COPY_CHUNK_EVENTS)
+    async with db.connect(url) as conn:
+        await reference.create(conn)
+    log.info("COPY into the previous schema, default server settings")
+    results.phases.append(await storage.previous_copy(url, chunks))
     log.info("write ceiling")
     results.phases.append(await ceilings.write(url, chunks))
     log.info("index costs")
@@ -113,11 +125,13 @@ async def measure(bench: Bench, naive_budget_s: float, results: Results) -> None
     two = await run_backlog(bench, WORKER_2, 2)
     results.phases.append(two.phase)
     results.checks.extend(two.checks)
+    if preload:
+        await storage.measure(bench, chunks, preload, results)
 
 
 async def run(info: StackInfo, args: argparse.Namespace, log_dir: Path, results: Results) -> None:
     bench = await prepare(info, args.events, log_dir, results)
-    await measure(bench, args.naive_seconds, results)
+    await measure(bench, args.naive_seconds, args.preload, results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,9 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results(events=args.events, started=now(), machine=machine())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="persister-bench-") as tmp:
-        stack = LocalStack(Path(tmp), database_url=None)
+        # Settings applied with ALTER SYSTEM, so the reference phases can
+        # switch to PostgreSQL's defaults and back.
+        stack = LocalStack(Path(tmp), database_url=None, server_settings={})
         try:
             info = stack.start()
+            asyncio.run(server.apply(info.database_url, server.CURRENT_SETTINGS))
             upgrade(info.database_url)
             asyncio.run(run(info, args, Path(tmp), results))
         except Exception as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from worker.bench import db
 from worker.bench.context import Bench
 from worker.bench.results import Check, Phase
+from worker.bench.server import ServerCpu
 from worker.stack import StackInfo
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,12 @@ class Replicas:
     topics: list[str]
     group_id: str
     log_dir: Path
+    # Settings on top of the defaults, by variable name.
+    settings: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, count: int) -> None:
-        env = worker_env(self.info, self.topics, self.group_id)
+        env = worker_env(self.info, self.topics, self.group_id) | self.settings
         for i in range(count):
             with (self.log_dir / f"{self.group_id}-{i}.log").open("wb") as out:
                 self.procs.append(
@@ -157,10 +160,16 @@ class BacklogRun:
 
 
 async def run_backlog(
-    bench: Bench, name: str, replicas: int, while_running: WhileRunning | None = None
+    bench: Bench,
+    name: str,
+    replicas: int,
+    while_running: WhileRunning | None = None,
+    *,
+    on_empty: bool = True,
 ) -> BacklogRun:
-    """Start `replicas` workers of a fresh group on emptied tables; time them from
-    start until every stored offset is the topic's end offset.
+    """Start `replicas` workers of a fresh group on emptied tables (or, with
+    `on_empty` False, on the rows there are); time them from start until
+    every stored offset is the topic's end offset.
 
     With `while_running`, the workers also consume the (still empty) latency
     topic, for `while_running` to send to."""
@@ -168,7 +177,13 @@ async def run_backlog(
     topics = [bench.topic, bench.latency_topic] if while_running else [bench.topic]
     workers = Replicas(bench.info, topics, group, bench.log_dir)
     async with db.connect(bench.info.database_url) as conn:
-        await db.truncate(conn)
+        if on_empty:
+            await db.truncate(conn)
+        else:
+            await conn.execute("CHECKPOINT")
+        before = await db.counts(conn)
+        server = await ServerCpu.of(conn)
+        server_before = server.seconds()
         started_at = datetime.now(UTC)
         started = time.monotonic()
         try:
@@ -177,19 +192,25 @@ async def run_backlog(
             seconds = time.monotonic() - started
             # CPU at the moment they caught up: start-up plus the backlog, no idling.
             cpu = workers.cpu_seconds()
-            counts = await db.counts(conn)
+            server_cpu = server.seconds() - server_before
+            after = await db.counts(conn)
             if while_running is not None:
                 await while_running(conn, workers, started_at, seconds)
             rss = workers.peak_rss_mib()
         finally:
             codes = await asyncio.to_thread(workers.stop)
-    log.info("%s: %d events in %.1f s, exit codes %s", name, counts.events, seconds, codes)
+    added = after.events - before.events
+    log.info("%s: %d events in %.1f s, exit codes %s", name, added, seconds, codes)
     note = "default settings; timed from process start"
-    phase = Phase(name, bench.size, seconds, note, rss, cpu)
+    phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu)
     checks = [
-        Check(f"{name}: events rows", bench.size, counts.events),
-        Check(f"{name}: event_resources rows", bench.dataset.resource_rows, counts.resources),
-        Check(f"{name}: dead_letters rows", 0, counts.dead_letters),
+        Check(f"{name}: events rows", bench.size, added),
+        Check(
+            f"{name}: event_resources rows",
+            bench.dataset.resource_rows,
+            after.resources - before.resources,
+        ),
+        Check(f"{name}: dead_letters rows", 0, after.dead_letters - before.dead_letters),
         Check(f"{name}: replicas exiting non-zero", 0, sum(code != 0 for code in codes)),
     ]
     return BacklogRun(phase, checks)

@@ -1,0 +1,72 @@
+"""The benchmark's storage targets: which are reported, and met or missed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from worker.bench.dataset import copy_chunks, make_dataset, with_fresh_ids
+from worker.bench.results import (
+    PREVIOUS_COPY,
+    WORKER_1,
+    WRITE_CEILING,
+    Latency,
+    Phase,
+    Results,
+    at_size,
+)
+from worker.bench.targets import LIGHT_LOAD, targets
+from worker.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
+
+
+def results(preloaded: int = 0) -> Results:
+    found = Results(events=10_000, started="", machine={}, preloaded=preloaded)
+    suffixes = ["", at_size(preloaded)] if preloaded else [""]
+    for at in suffixes:
+        found.phases += [
+            # 10,000 events/s and 2 s of server CPU per 10k events.
+            Phase(PREVIOUS_COPY + at, 10_000, 1.0, server_cpu_seconds=2.0),
+            Phase(WRITE_CEILING + at, 10_000, 0.5, server_cpu_seconds=1.0),
+            # 13,000 events/s, 1.1 s of server CPU per 10k, 200 MiB.
+            Phase(WORKER_1 + at, 13_000, 1.0, "", [200.0], 3.0, 1.43),
+        ]
+    found.latencies.append(Latency(LIGHT_LOAD, 100, 20.0, 151.0))
+    return found
+
+
+def test_each_target_is_met_or_missed_by_its_limit() -> None:
+    found = {t.what: (round(t.value, 2), t.met) for t in targets(results())}
+
+    assert found == {
+        "worker 1 replica / COPY into the previous schema, empty tables": (1.3, True),
+        "worker 1 replica / COPY into the current schema, empty tables": (0.65, False),
+        "PostgreSQL CPU per 10k events: worker / COPY into the previous schema, empty tables": (
+            0.55,
+            True,
+        ),
+        "p99 ms at 20% load": (151.0, False),
+        "peak RSS MiB, 1 replica": (200.0, True),
+    }
+
+
+def test_targets_at_size_are_reported_only_when_measured() -> None:
+    assert len(targets(results())) == 5
+    found = [t.what for t in targets(results(preloaded=4_000_000))]
+
+    assert len(found) == 9
+    assert sum("4,000,000" in what for what in found) == 4
+
+
+def test_fresh_ids_keep_every_row_and_its_resources_together() -> None:
+    chunks = copy_chunks(make_dataset(50).events, datetime.now(UTC), 20)
+    fresh = with_fresh_ids(chunks)
+    id_at, event_id_at = EVENT_COLUMNS.index("id"), RESOURCE_COLUMNS.index("event_id")
+
+    old_ids = {row[id_at] for chunk in chunks for row in chunk.events}
+    new_ids = {row[id_at] for chunk in fresh for row in chunk.events}
+    assert len(new_ids) == 50 and not new_ids & old_ids
+    for before, after in zip(chunks, fresh, strict=True):
+        assert [r[:id_at] + r[id_at + 1 :] for r in after.events] == [
+            r[:id_at] + r[id_at + 1 :] for r in before.events
+        ]
+        assert len(after.resources) == len(before.resources)
+        assert {r[event_id_at] for r in after.resources} == {r[id_at] for r in after.events}
