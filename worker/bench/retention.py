@@ -106,6 +106,10 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
         await topics.load(servers, TOPIC, PARTITIONS, dataset.values)
         off = {"PERSISTER_SERVICES__RETENTION_TRIMMER__ENABLED": "false"}
         worker = Replicas(info, [TOPIC], f"bench-ret-{uuid.uuid4().hex[:8]}", log_dir, off)
+        # As in production, the partitions ahead exist long before a day
+        # expires, and before the worker writes: creating one while it
+        # writes can deadlock with its insert (see docs/performance.md).
+        await time_partitions.ensure_for(engine, Settings(retention=RETENTION), datetime.now(UTC))
         async with db.connect(url) as conn, db.connect(url) as sampler:
             size_before = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
             progress = Progress(worker)
@@ -157,9 +161,6 @@ async def _trim_during_ingest(
     await asyncio.sleep(WARM_UP_S + WINDOW_S)
     lease = await leader.acquire(engine, "retention", "bench", timedelta(minutes=5))
     settings = Settings(retention=RETENTION)
-    # As in production, the partitions ahead exist long before a day expires:
-    # creating them is not part of the drop.
-    await time_partitions.ensure_for(engine, settings, datetime.now(UTC))
     server = await ServerCpu.of(conn)
     cpu_before = server.seconds()
     started = time.monotonic()
