@@ -7,8 +7,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.integration.test_faults import wait_ready
-from tests.integration.workers import WorkerPool, worker_env
+from tests.integration.workers import WorkerPool, run_command, worker_env
 from worker.consumer import Persister
 from worker.controls import paused_among, read_controls
 from worker.kafka_admin import KafkaView
@@ -43,25 +41,7 @@ EFFECT_S = 2.0
 
 
 def command(info: StackInfo, *args: str) -> tuple[int, str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PERSISTER_") and k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
-    }
-    env |= {
-        "KAFKA_BOOTSTRAP_SERVERS": info.kafka_bootstrap_servers,
-        "DATABASE_URL": info.database_url,
-        "COLUMNS": "160",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
+    return run_command(info, *args, env={"COLUMNS": "160"}, timeout_s=90)
 
 
 def values(n: int, seed: int) -> list[bytes]:

@@ -22,32 +22,14 @@ from tests.integration.support import (
     unique,
     wait_persisted,
 )
-from tests.integration.workers import WorkerPool, worker_env
+from tests.integration.workers import WorkerPool, run_command, worker_env
 from worker.loadgen import messages
 from worker.stack import LocalStack, StackInfo
 
 
 def status(info: StackInfo, *args: str, topics: str = "events") -> tuple[int, str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PERSISTER_") and k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
-    }
-    env |= {
-        "KAFKA_BOOTSTRAP_SERVERS": info.kafka_bootstrap_servers,
-        "DATABASE_URL": info.database_url,
-        "PERSISTER_TOPICS": topics,
-        "COLUMNS": "80",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", "status", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
+    env = {"PERSISTER_TOPICS": topics, "COLUMNS": "80"}
+    return run_command(info, "status", *args, env=env)
 
 
 async def test_status_maps_each_partition_to_its_member(

@@ -66,6 +66,32 @@ def worker_env(
     return env
 
 
+def run_command(
+    info: StackInfo, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60
+) -> tuple[int, str, str]:
+    """Run `persister <args>` against this stack with only the settings given
+    (the test's own PERSISTER_ variables left out): (exit code, stdout, stderr)."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _OWN_VARIABLES and not k.startswith(_OWN_PREFIX)
+    }
+    clean |= {
+        "KAFKA_BOOTSTRAP_SERVERS": info.kafka_bootstrap_servers,
+        "DATABASE_URL": info.database_url,
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @dataclass
 class Exit:
     """How one worker process ended."""

@@ -4,6 +4,7 @@ purge them, send them back."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -158,6 +159,14 @@ def _chosen(
     return Selection(group, topic, error_class, ids or (), age, resolved=None)
 
 
+def _apply(
+    change: Callable[[AsyncEngine, Selection], Awaitable[int]], done: str, selection: Selection
+) -> None:
+    settings = setup("WARNING")
+    n = asyncio.run(with_engine(settings, lambda engine: change(engine, selection)))
+    typer.echo(f"{done} {n} dead letters")
+
+
 @dlq_app.command("resolve")
 def dlq_resolve(
     ids: Ids = None,
@@ -167,10 +176,7 @@ def dlq_resolve(
     topic: Topic = None,
 ) -> None:
     """Mark dead letters dealt with: `dlq list` leaves them out (`--all` shows them)."""
-    selection = _chosen(ids, error_class, older_than, group, topic)
-    settings = setup("WARNING")
-    n = asyncio.run(with_engine(settings, lambda e: resolve(e, selection)))
-    typer.echo(f"resolved {n} dead letters")
+    _apply(resolve, "resolved", _chosen(ids, error_class, older_than, group, topic))
 
 
 @dlq_app.command("purge")
@@ -183,10 +189,7 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters, resolved or not (those not yet sent to the
     dead-letter topic are then never sent)."""
-    selection = _chosen(ids, error_class, older_than, group, topic)
-    settings = setup("WARNING")
-    n = asyncio.run(with_engine(settings, lambda e: purge(e, selection)))
-    typer.echo(f"purged {n} dead letters")
+    _apply(purge, "purged", _chosen(ids, error_class, older_than, group, topic))
 
 
 @dlq_app.command("replay")
