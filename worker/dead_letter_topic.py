@@ -1,16 +1,18 @@
 """The dead-letter topic as Kafka has it: created if missing, how many
-partitions and how large a record it takes, and which dead letters it holds
-already."""
+partitions and how large a record it takes, which dead letters it holds
+already, and how a producer stuck on it is dropped."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy import Row
 
 from worker.dead_letter_records import origin, request_bytes
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 # is committed before it is sent, so the record is never older than the row
 # by more than clock skew between database and broker.
 SCAN_MARGIN = timedelta(minutes=5)
+# A scan that cannot read to the end by then fails, and is tried again.
+SCAN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,10 @@ async def already_sent(
         if start is None:
             return found
         consumer.seek(ktp, start.offset)
+        deadline = asyncio.get_running_loop().time() + SCAN_TIMEOUT_S
         while await consumer.position(ktp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise KafkaTimeoutError(f"{topic}[{partition}] not read to its end")
             batch = await consumer.getmany(ktp, timeout_ms=1000)
             for record in batch.get(ktp, []):
                 where = origin(record.headers)
@@ -86,3 +93,18 @@ async def already_sent(
     finally:
         await consumer.stop()
     return found
+
+
+async def abandon(producer: AIOKafkaProducer, timeout_s: float) -> None:
+    """Drop a producer whose stop() did not return: aiokafka's stop waits
+    until every batch is acknowledged, which an idempotent producer retries
+    without end. Its sender is cancelled and its connections closed so that
+    nothing it held reaches the topic after the topic was looked at."""
+    sender = producer._sender  # no public way to drop undelivered batches
+    task = None if sender is None else sender.sender_task
+    if task is not None:
+        task.cancel()
+    await producer.client.close()
+    if task is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout_s)

@@ -43,7 +43,7 @@ from worker.dead_letter_records import (
     reduced,
     request_bytes,
 )
-from worker.dead_letter_topic import Target, already_sent, prepare
+from worker.dead_letter_topic import Target, abandon, already_sent, prepare
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,25 @@ logger = logging.getLogger(__name__)
 TP = tuple[str, int]
 SEND_TIMEOUT_S = 10.0
 RETRY_S = 5.0
+# A send unanswered this long means its producer is stuck (an idempotent
+# producer retries without end): it is replaced, and what it held is looked
+# for on the topic before being sent again.
+STUCK_S = 3 * SEND_TIMEOUT_S
 # The broker refused the record for its size: next time it goes reduced.
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # After these the record is certainly not on the topic. They also leave a
 # gap in the idempotent producer's sequence for that topic partition, which
 # fails every later send there until a new producer starts a new sequence.
 REFUSED = (*TOO_LARGE, OutOfOrderSequenceNumber)
+
+
+@dataclass(frozen=True)
+class Inflight:
+    """A send no attempt has seen answered yet."""
+
+    record: Outgoing
+    future: asyncio.Future[Any]
+    sent_at: float
 
 
 @dataclass
@@ -71,6 +84,8 @@ class Outcome:
     unsure: bool = False
     # The broker refused a record outright (see REFUSED).
     refused: bool = False
+    # A send went unanswered for STUCK_S.
+    stuck: bool = False
     # The first dead letter that does not fit the topic even reduced.
     unfit: str | None = None
 
@@ -140,7 +155,10 @@ class DeadLetterPublisher:
         # Dead letters the broker refused whole: they go reduced next time.
         self._reduce: set[int] = set()
         # Sends whose answer no attempt has handled yet, by dead letter id.
-        self._inflight: dict[int, tuple[Outgoing, asyncio.Future[Any]]] = {}
+        self._inflight: dict[int, Inflight] = {}
+        # How many producers were replaced: an attempt during which one was
+        # cannot be sure what reached the topic.
+        self._renewals = 0
 
     def request(self, tp: TP) -> None:
         """Send `tp`'s unsent dead letters soon (also what a previous owner
@@ -162,15 +180,20 @@ class DeadLetterPublisher:
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            # Gone before returning: a sender still cancelling would take the
+            # place of the one an immediate re-assignment starts.
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._wanted.discard(tp)
         # Its problems are the next owner's to report.
         self.conditions.clear_where(f"{tp[0]}[{tp[1]}] ")
 
     async def _send_while_wanted(self, tp: TP) -> None:
         while tp in self._wanted:
             self._wanted.discard(tp)
+            renewals = self._renewals
             outcome = await self.publish_pending(tp, recovering=tp not in self._checked)
-            if outcome.unsure:
+            if outcome.unsure or self._renewals != renewals:
                 self._checked.discard(tp)
             else:
                 self._checked.add(tp)
@@ -226,7 +249,7 @@ class DeadLetterPublisher:
             return outcome
         try:
             await self._attempt(producer, topic, tp, recovering, outcome)
-            if outcome.refused:
+            if outcome.refused or outcome.stuck:
                 await self._renew(producer)
         except (KafkaError, SQLAlchemyError, OSError) as exc:
             outcome.failed(repr(exc), unsure=True)
@@ -260,7 +283,7 @@ class DeadLetterPublisher:
         pending = []
         for row in rows:
             if row.id in self._inflight:  # sent before, no answer yet: not again
-                pending.append((row, *self._inflight[row.id]))
+                pending.append((row, self._inflight[row.id]))
                 continue
             record = fitted(row, group, target.limit, reduce=row.id in self._reduce)
             if record is None:
@@ -269,45 +292,46 @@ class DeadLetterPublisher:
             future = await producer.send(
                 topic, record.value, key=record.key, partition=partition, headers=record.headers
             )
-            self._inflight[row.id] = (record, future)
+            sent = Inflight(record, future, asyncio.get_running_loop().time())
+            self._inflight[row.id] = sent
             future.add_done_callback(_retrieved)
-            pending.append((row, record, future))
+            pending.append((row, sent))
         await self._acknowledged(tp, pending, outcome)
 
     async def _acknowledged(
-        self,
-        tp: TP,
-        pending: list[tuple[Row[Any], Outgoing, asyncio.Future[Any]]],
-        outcome: Outcome,
+        self, tp: TP, pending: list[tuple[Row[Any], Inflight]], outcome: Outcome
     ) -> None:
         """Wait for each send in turn, marking what the broker acknowledged
-        before waiting for an answer still to come. An idempotent producer
-        retries a send until the broker answers, so the wait is bounded, and
-        a send still unanswered is awaited again next time, not repeated."""
+        before waiting for an answer still to come. A send unanswered by the
+        deadline is awaited again next time, not repeated, unless it has been
+        waiting STUCK_S: then its producer is replaced (see `_renew`)."""
         acked: list[int] = []
-        deadline = asyncio.get_running_loop().time() + SEND_TIMEOUT_S
-        for row, record, future in pending:
-            if acked and not future.done():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEND_TIMEOUT_S
+        for row, sent in pending:
+            if acked and not sent.future.done():
                 await self._mark(acked)
                 acked = []
             try:
-                left_s = max(0.0, deadline - asyncio.get_running_loop().time())
-                await asyncio.wait_for(asyncio.shield(future), left_s)
+                left_s = max(0.0, deadline - loop.time())
+                await asyncio.wait_for(asyncio.shield(sent.future), left_s)
             except TimeoutError:
-                outcome.failed(f"no answer within {SEND_TIMEOUT_S:.0f} s", unsure=False)
+                stuck = loop.time() - sent.sent_at >= STUCK_S
+                outcome.stuck = outcome.stuck or stuck
+                outcome.failed(f"no answer within {SEND_TIMEOUT_S:.0f} s", unsure=stuck)
                 continue
             except KafkaError as exc:
-                del self._inflight[row.id]
+                self._inflight.pop(row.id, None)
                 if isinstance(exc, TOO_LARGE):
                     self._reduce.add(row.id)
                 outcome.refused = outcome.refused or isinstance(exc, REFUSED)
                 outcome.failed(f"{exc!r} at offset {row.offset}", not isinstance(exc, REFUSED))
                 continue
-            del self._inflight[row.id]
+            self._inflight.pop(row.id, None)
             acked.append(row.id)
             self._reduce.discard(row.id)
             outcome.sent += 1
-            if record.reduced:
+            if sent.record.reduced:
                 outcome.reduced += 1
                 logger.info(
                     "%s[%d]: dead letter of offset %d sent reduced (its %d bytes are in "
@@ -320,7 +344,9 @@ class DeadLetterPublisher:
             await self._mark(acked)
 
     async def _renew(self, used: AIOKafkaProducer) -> None:
-        """Replace a producer whose sequence has a gap (see REFUSED)."""
+        """Replace a producer whose sequence has a gap (see REFUSED) or which
+        is stuck (see STUCK_S). What it still holds may reach the topic or
+        not, so every partition looks on the topic before sending again."""
         if self._producer != used:  # (identity) another sender did already
             return
         fresh = self._new_producer()
@@ -330,8 +356,15 @@ class DeadLetterPublisher:
             await fresh.stop()
             raise
         self._producer = fresh
-        with contextlib.suppress(KafkaError, TimeoutError):
+        self._renewals += 1
+        self._inflight.clear()
+        self._checked.clear()
+        try:
             await asyncio.wait_for(used.stop(), SEND_TIMEOUT_S)
+        except TimeoutError:
+            await abandon(used, SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            logger.debug("the replaced dead-letter producer stopped with %r", exc)
 
     async def _unmarked(self, tp: TP) -> list[Row[Any]]:
         c = dead_letters.c

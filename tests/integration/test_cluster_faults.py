@@ -84,7 +84,7 @@ async def load_through(
         took = await wait_stored(engine, group, topic, ends, 180, pool.tail)
         sampler.stop()
         await tasks[1]
-        await wait_dead_letters_sent(engine, group, 90)
+        await wait_dead_letters_sent(engine, group, 90, pool.tail)
         no_crashes(pool)
         assert pool.alive() == list(range(WORKERS)), pool.tail()
         print(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters, events
@@ -122,16 +122,25 @@ async def assert_exact(
     assert positions == list(expected.bad_positions), "dead letters at the wrong positions"
 
 
-async def wait_dead_letters_sent(engine: AsyncEngine, group: str, timeout_s: float) -> None:
+async def wait_dead_letters_sent(
+    engine: AsyncEngine, group: str, timeout_s: float, diagnostics: Callable[[], str]
+) -> None:
     """Wait until every dead letter of `group` is marked as sent to the topic."""
     c = dead_letters.c
+    unsent: list[Position] = []
 
     async def all_sent() -> bool:
-        unsent = select(func.count()).where(c.group_id == group, c.published.is_(None))
+        nonlocal unsent
+        query = select(c.partition, c.offset).where(c.group_id == group, c.published.is_(None))
         async with engine.connect() as conn:
-            return (await conn.execute(unsent)).scalar_one() == 0
+            unsent = sorted((int(p), int(o)) for p, o in await conn.execute(query))
+        return not unsent
 
-    await wait_until(all_sent, timeout_s, "every dead letter to reach the dead-letter topic")
+    try:
+        await wait_until(all_sent, timeout_s, "every dead letter to reach the dead-letter topic")
+    except AssertionError as exc:
+        where = f"unsent (partition, offset): {unsent}"
+        raise AssertionError(f"{exc}; {where}\n{diagnostics()}") from None
 
 
 async def wait_stored(
@@ -260,7 +269,7 @@ async def test_chaos_kills_and_scaling_lose_and_duplicate_nothing(
         assert sum(ends.values()) == len(values)
 
         took = await wait_stored(engine, group, topic, ends, 240, pool.tail)
-        await wait_dead_letters_sent(engine, group, 60)
+        await wait_dead_letters_sent(engine, group, 60, pool.tail)
         print(
             f"\nchaos ({membership}): {len(actions)} actions, produced and chaos done after"
             f" {chaos_done - started:.1f}s, caught up {took:.1f}s later,"

@@ -1,0 +1,138 @@
+"""The dead-letter sender of a partition keeps going through the two things
+that stopped it before: a partition given back and taken again at once, and
+a producer whose sends are never answered."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker import deadletter
+from worker.dead_letter_topic import Target
+from worker.deadletter import DeadLetterPublisher, Outcome
+from worker.settings import Settings
+
+TP = ("events", 3)
+
+
+class Blocking(DeadLetterPublisher):
+    """Each attempt waits until `go` is set; counts the attempts."""
+
+    def __init__(self) -> None:
+        super().__init__(Settings(), cast(AsyncEngine, None))
+        self._producer = SimpleNamespace()
+        self.attempts = 0
+        self.go = asyncio.Event()
+
+    async def publish_pending(self, tp: tuple[str, int], recovering: bool) -> Outcome:
+        self.attempts += 1
+        await self.go.wait()
+        return Outcome()
+
+
+async def settled(publisher: DeadLetterPublisher) -> None:
+    await asyncio.gather(*publisher._senders.values())
+    assert not publisher._senders
+
+
+async def test_a_partition_taken_again_at_once_gets_a_sender_again() -> None:
+    publisher = Blocking()
+    publisher.request(TP)
+    await asyncio.sleep(0)
+    assert publisher.attempts == 1
+    # The attempt outlives the revoke deadline; the partition comes straight back.
+    await publisher.release(TP, timeout_s=0.01)
+    publisher.request(TP)
+    publisher.go.set()
+    await asyncio.wait_for(settled(publisher), 5)
+    assert publisher.attempts == 2
+    assert publisher.crashed is None
+
+
+class FakeProducer:
+    """Answers every send at once (`answers`), or never, and then never stops."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.sent: list[bytes | None] = []
+        self.client = SimpleNamespace(close=self._close)
+        self.closed = False
+        self._sender = SimpleNamespace(sender_task=asyncio.create_task(asyncio.Event().wait()))
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[Any]:
+        self.sent.append(value)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.answers:
+            future.set_result(None)
+        return future
+
+    async def stop(self) -> None:
+        if not self.answers:
+            await asyncio.Event().wait()
+
+    async def _close(self) -> None:
+        self.closed = True
+
+
+class Outbox(DeadLetterPublisher):
+    """One unsent dead letter of TP, marked in memory."""
+
+    def __init__(self, producers: list[FakeProducer]) -> None:
+        super().__init__(Settings(), cast(AsyncEngine, None))
+        self.fresh = iter(producers[1:])
+        self._producer = cast(Any, producers[0])
+        self.rows = [SimpleNamespace(id=7, offset=70, value=b"{bad", key=None)]
+        self.scans = 0
+
+    def _new_producer(self) -> Any:
+        return next(self.fresh)
+
+    async def _unmarked(self, tp: tuple[str, int]) -> list[Row[Any]]:
+        return cast(list[Row[Any]], list(self.rows))
+
+    async def _mark(self, ids: list[int]) -> None:
+        self.rows = [row for row in self.rows if row.id not in ids]
+
+    async def _target(self, topic: str) -> Target:
+        return Target(partitions=1, limit=1_000_000)
+
+
+async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value_s in (("SEND_TIMEOUT_S", 0.05), ("STUCK_S", 0.1), ("RETRY_S", 0.01)):
+        monkeypatch.setattr(deadletter, name, value_s)
+    stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
+    publisher = Outbox([stuck, fresh])
+    scans: list[int] = []
+
+    async def already_sent(_s: Settings, _t: str, partition: int, rows: list[Any]) -> set[int]:
+        scans.append(len(rows))
+        return set()
+
+    monkeypatch.setattr(deadletter, "already_sent", already_sent)
+    monkeypatch.setattr(deadletter, "fitted", lambda row, *_a, **_k: _record(row))
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+
+    assert publisher.rows == []
+    assert len(stuck.sent) == 1 and stuck.closed, "the stuck producer was sent to once, then closed"
+    assert stuck._sender.sender_task.cancelled()
+    assert len(fresh.sent) == 1
+    # Once on taking the partition, once more after the replacement.
+    assert scans == [1, 1]
+    assert publisher.published == 1
+    assert publisher.failed_attempts == 2  # unanswered once, stuck once
+    assert "events[3] send" not in publisher.conditions
+
+
+def _record(row: Any) -> Any:
+    return SimpleNamespace(value=row.value, key=b"k", headers=[], reduced=False, size=10)
