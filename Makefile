@@ -30,7 +30,7 @@ $(BIN)/persister: pyproject.toml uv.lock $(UV_VENV)/bin/uv
 
 .PHONY: install
 install: $(BIN)/persister ## Create .venv with exactly the locked versions; fetch the Kafka jars
-	$(BIN)/python -c 'from worker.stack import kafka_libs; print("kafka jars in", kafka_libs())'
+	$(BIN)/python -c 'from worker.devtools.stack import kafka_libs; print("kafka jars in", kafka_libs())'
 
 .PHONY: lock
 lock: $(UV_VENV)/bin/uv ## Upgrade the locks to the newest versions pyproject.toml allows
@@ -78,17 +78,17 @@ test-cluster: install ## The longest tests on a three-broker cluster: rolling re
 .PHONY: bench
 bench: install ## Benchmark side by side: ceilings, previous schema, naive baseline, 1 and 2 workers (PRELOAD=4000000: also on stored events)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
-	$(BIN)/python -m worker.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
+	$(BIN)/python -m worker.devtools.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
 
 .PHONY: bench-retention
 bench-retention: install ## Retention: drop a day of expired events (EXPIRED, default 5000000) while a worker ingests
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
-	$(BIN)/python -m worker.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
+	$(BIN)/python -m worker.devtools.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
 
 .PHONY: bench-growth
 bench-growth: install ## Write speed as the tables fill to TARGET events (default 10000000), both schemas; not in CI
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
-	$(BIN)/python -m worker.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
+	$(BIN)/python -m worker.devtools.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
 
 .PHONY: soak
 soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/
@@ -97,7 +97,7 @@ soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); r
 
 .PHONY: demo
 demo: install ## Run it end to end on a local stack
-	$(BIN)/python -m worker.demo
+	$(BIN)/python -m worker.devtools.demo
 
 .PHONY: all
 all: test

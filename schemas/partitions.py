@@ -1,5 +1,5 @@
 """Time partitions of `events` and `event_resources` on PostgreSQL. Pure: the
-ranges, names and DDL; `worker.time_partitions` runs them.
+ranges, names and DDL; `worker.services.time_partitions` runs them.
 
 Both tables are partitioned by range of `occurred`, with the same bounds, in
 partitions of a fixed width aligned to the Unix epoch (a day by default:

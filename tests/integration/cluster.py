@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from tests.integration.support import wait_until
-from worker.stack import LocalStack, StackInfo
+from worker.devtools.stack import LocalStack, StackInfo
 
 BROKERS = 3
 # Where the group's offsets live: in sync too before the next broker stops.

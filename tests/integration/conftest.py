@@ -14,10 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import upgrade, upgrade_async
-from worker.settings import Settings
-from worker.stack import LocalStack, StackInfo
-from worker.storage import create_engine
-from worker.time_partitions import ensure_for
+from worker.core.settings import Settings
+from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.storage import create_engine
+from worker.services.time_partitions import ensure_for
 
 
 async def partitions_ahead(url: str) -> None:

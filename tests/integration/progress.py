@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.support import send, stored_offsets
-from worker.loadgen import INVALID_MESSAGES, messages
-from worker.stack import StackInfo
+from worker.devtools.loadgen import INVALID_MESSAGES, messages
+from worker.devtools.stack import StackInfo
 
 Position = tuple[int, int]  # (partition, offset)
 

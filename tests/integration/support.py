@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import consumer_offsets, dead_letters, event_resources, events
-from worker import kafka_admin
-from worker.consumer import Persister
-from worker.settings import Settings
-from worker.stack import StackInfo
+from worker.core import kafka_admin
+from worker.core.settings import Settings
+from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
 
 
 def unique(prefix: str) -> str:

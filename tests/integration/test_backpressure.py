@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.integration.support import counts, create_topic, end_offsets, send, unique
 from tests.integration.test_faults import wait_stored
 from tests.integration.workers import WorkerPool, worker_env
-from worker.loadgen import encode, make_event
-from worker.stack import StackInfo
+from worker.devtools.loadgen import encode, make_event
+from worker.devtools.stack import StackInfo
 
 BACKLOG = 500_000
 BUFFER_BOUND = 8 * 1024 * 1024

@@ -24,10 +24,10 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker.consumer import Persister
-from worker.dead_letter_records import origin
-from worker.loadgen import make_event, messages
-from worker.stack import StackInfo
+from worker.devtools.loadgen import make_event, messages
+from worker.devtools.stack import StackInfo
+from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.persister import Persister
 
 # Valid JSON and a valid envelope, but PostgreSQL refuses each: neither jsonb
 # nor text can hold \u0000.

@@ -1,4 +1,4 @@
-"""`python -m worker.bench` on a small topic: every phase runs, at a size scaled
+"""`python -m worker.devtools.bench` on a small topic: every phase runs, at a size scaled
 to the run, and the worker's correctness checks pass."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.bench.results import (
+from worker.devtools.bench.results import (
     CONSUME_CEILING,
     NAIVE,
     PREVIOUS_COPY,
@@ -29,7 +29,7 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            *("-m", "worker.bench", "--events", str(EVENTS), "--preload", str(PRELOAD)),
+            *("-m", "worker.devtools.bench", "--events", str(EVENTS), "--preload", str(PRELOAD)),
             *("--out", str(tmp_path)),
         ],
         capture_output=True,

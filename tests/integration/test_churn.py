@@ -32,8 +32,8 @@ from tests.integration.test_faults import (
     wait_stored,
 )
 from tests.integration.workers import WorkerPool, worker_env
-from worker.loadgen import messages
-from worker.stack import StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import StackInfo
 
 PARTITIONS = 6
 WORKERS = 3

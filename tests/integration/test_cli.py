@@ -30,9 +30,9 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.integration.workers import worker_env
-from worker.consumer import Persister
-from worker.loadgen import make_event, messages
-from worker.stack import StackInfo
+from worker.devtools.loadgen import make_event, messages
+from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
 
 
 def persister(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -30,8 +30,8 @@ from tests.integration.test_faults import (
     wait_stored,
 )
 from tests.integration.workers import WorkerPool, worker_env
-from worker.dead_letter_records import origin
-from worker.stack import LocalStack, StackInfo
+from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.dead_letter_records import origin
 
 PARTITIONS = 6
 WORKERS = 3

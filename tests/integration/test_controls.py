@@ -30,11 +30,11 @@ from tests.integration.support import (
 )
 from tests.integration.test_faults import wait_ready
 from tests.integration.workers import WorkerPool, run_command, worker_env
-from worker.consumer import Persister
-from worker.controls import paused_among, read_controls
-from worker.kafka_admin import KafkaView
-from worker.loadgen import make_event
-from worker.stack import StackInfo
+from worker.core.kafka_admin import KafkaView
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.controls import paused_among, read_controls
+from worker.pipeline.persister import Persister
 
 # `pause` promises its effect within this long.
 EFFECT_S = 2.0

@@ -31,13 +31,13 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker import metrics
-from worker.consumer import Persister
-from worker.dead_letter_records import origin
-from worker.http import readiness_problems
-from worker.kafka_admin import create_topic, topic_config
-from worker.loadgen import encode, make_event
-from worker.stack import StackInfo
+from worker.core import metrics
+from worker.core.kafka_admin import create_topic, topic_config
+from worker.devtools.loadgen import encode, make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.persister import Persister
+from worker.services.health_server import readiness_problems
 
 LARGE = 2_000_000
 # What a source topic takes in these tests (Kafka's default is about 1 MB).
@@ -126,7 +126,7 @@ def condition_lines(caplog: pytest.LogCaptureFixture, topic: str) -> list[tuple[
     return [
         (r.levelname, r.getMessage())
         for r in caplog.records
-        if r.name == "worker.conditions" and r.getMessage().startswith(f"{topic}[0]:")
+        if r.name == "worker.core.conditions" and r.getMessage().startswith(f"{topic}[0]:")
     ]
 
 
@@ -201,7 +201,7 @@ async def test_one_the_topic_refuses_whole_goes_reduced_and_holds_back_none(
     await make_topic(stack_info, f"{topic}.dlq", limit=None)
     settings = settings_for(stack_info, topic)
     middle = b'"' + b"x" * 500_000
-    caplog.set_level(logging.INFO, logger="worker.conditions")
+    caplog.set_level(logging.INFO, logger="worker.core.conditions")
     async with running(Persister(settings, engine)) as persister:
         await produce(stack_info, topic, [b"{one"])
         await wait_persisted(engine, settings.group_id, topic, {0: 1})
@@ -252,7 +252,7 @@ async def test_one_that_fits_not_even_reduced_is_reported_and_holds_back_none(
     await make_topic(stack_info, topic)
     await make_topic(stack_info, f"{topic}.dlq", limit=1_000)
     settings = settings_for(stack_info, topic)
-    caplog.set_level(logging.INFO, logger="worker.conditions")
+    caplog.set_level(logging.INFO, logger="worker.core.conditions")
     values = [event_of(500, seed=5), b"{before", b"{bad", b"{after", event_of(500, seed=6)]
     await produce(stack_info, topic, values, keys={2: b"k" * 1000})
     async with running(Persister(settings, engine)) as persister:
@@ -305,7 +305,7 @@ async def test_a_topic_that_cannot_be_created_is_reported_once_and_events_flow(
     topic = unique("uncreatable")
     await make_topic(stack_info, topic)
     settings = settings_for(stack_info, topic, dead_letter_topic="<topic>/dlq")
-    caplog.set_level(logging.INFO, logger="worker.conditions")
+    caplog.set_level(logging.INFO, logger="worker.core.conditions")
     await produce(stack_info, topic, [event_of(500, seed=8), b"{bad", event_of(500, seed=9)])
     async with running(Persister(settings, engine)) as persister:
         await wait_persisted(engine, settings.group_id, topic, {0: 3})

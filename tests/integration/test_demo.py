@@ -10,7 +10,7 @@ import sys
 
 def test_demo_persists_everything_and_stops_cleanly() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.demo"],
+        [sys.executable, "-m", "worker.devtools.demo"],
         capture_output=True,
         text=True,
         timeout=300,

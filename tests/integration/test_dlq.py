@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.tables import dead_letters
 from tests.integration.support import unique
 from tests.integration.test_cli import cli
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
 
 ROW = re.compile(r"^\s*(\d+)\s.*\S\[\d+\]@\d+")
 

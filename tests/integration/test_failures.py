@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
-from worker.stack import SASL_USER, StackInfo
+from worker.devtools.stack import SASL_USER, StackInfo
 
 EXIT_BAD, EXIT_REFUSED, EXIT_UNAVAILABLE = 2, 3, 4
 
@@ -213,7 +213,7 @@ def test_an_unknown_variable_is_warned_about(stack_info: StackInfo, engine: Asyn
     assert code == 0
     assert len(lines) == 1
     assert lines[0].endswith(
-        "WARNING worker.settings: PERSISTER_BATCHSIZE is not a setting and is ignored; "
+        "WARNING worker.core.settings: PERSISTER_BATCHSIZE is not a setting and is ignored; "
         "did you mean PERSISTER_BATCH_SIZE?"
     )
 

@@ -36,11 +36,11 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.integration.workers import READY_MARKER, WorkerPool, worker_env
-from worker.consumer import Persister
-from worker.dead_letter_records import origin
-from worker.loadgen import INVALID_MESSAGES, messages
-from worker.stack import LocalStack, StackInfo
-from worker.storage import create_engine
+from worker.devtools.loadgen import INVALID_MESSAGES, messages
+from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.persister import Persister
+from worker.pipeline.storage import create_engine
 
 Position = tuple[int, int]  # (partition, offset)
 

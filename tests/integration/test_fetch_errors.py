@@ -30,11 +30,11 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker import metrics
-from worker.consumer import Persister
-from worker.http import readiness_problems
-from worker.loadgen import make_event
-from worker.stack import LocalStack, StackInfo
+from worker.core import metrics
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.persister import Persister
+from worker.services.health_server import readiness_problems
 
 
 def values(n: int, rng: random.Random, note: str = "") -> list[bytes]:

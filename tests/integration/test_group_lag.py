@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.integration.support import create_topic, send, unique, wait_until
 from tests.integration.test_faults import wait_ready, wait_stored
 from tests.integration.workers import WorkerPool, worker_env
-from worker.loadgen import messages
-from worker.stack import StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import StackInfo
 
 
 def scrape(port: int) -> dict[str, dict[tuple[str, str], float]]:

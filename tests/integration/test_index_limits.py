@@ -28,10 +28,10 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker.consumer import Persister
-from worker.loadgen import encode, make_event
-from worker.stack import StackInfo
-from worker.storage import create_engine
+from worker.devtools.loadgen import encode, make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
+from worker.pipeline.storage import create_engine
 
 ALPHABET = string.ascii_letters + string.digits
 

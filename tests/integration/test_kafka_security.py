@@ -18,9 +18,9 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker.consumer import Persister
-from worker.loadgen import messages
-from worker.stack import SASL_PASSWORD, SASL_USER, StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import SASL_PASSWORD, SASL_USER, StackInfo
+from worker.pipeline.persister import Persister
 
 
 async def test_persists_over_sasl_plain(stack_info: StackInfo, engine: AsyncEngine) -> None:

@@ -17,7 +17,7 @@ from schemas.tables import events, leader_leases
 from tests.integration.support import count, wait_until
 from tests.integration.test_retention import store
 from tests.integration.workers import WorkerPool
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
 
 TTL_S = 3.0
 RENEW_S = TTL_S / 3

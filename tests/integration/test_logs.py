@@ -24,8 +24,8 @@ from tests.integration.test_faults import (
     wait_stored,
 )
 from tests.integration.workers import WorkerPool, worker_env
-from worker.loadgen import messages
-from worker.stack import LocalStack, StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import LocalStack, StackInfo
 
 HARNESS = "=== "
 
@@ -87,7 +87,7 @@ CRASHING_WORKER = """
 import sys
 import time
 
-from worker import writer
+from worker.pipeline import writer
 
 
 async def crash(*args, **kwargs):

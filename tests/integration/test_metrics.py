@@ -25,8 +25,8 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.integration.workers import worker_env
-from worker.loadgen import messages
-from worker.stack import LocalStack, StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import LocalStack, StackInfo
 
 
 def free_port() -> int:

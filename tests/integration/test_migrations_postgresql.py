@@ -23,7 +23,7 @@ from schemas.partitions import is_partition
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
 from tests.integration.conftest import partitions_ahead
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
 
 
 async def downgrade(url: str, revision: str) -> None:

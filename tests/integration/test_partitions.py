@@ -17,14 +17,14 @@ from schemas.tables import event_resources, events
 from tests.integration.support import count, settings_for
 from tests.integration.test_retention import store
 from tests.records import msgs
-from worker.decoding import to_rows
-from worker.inserts import insert_events_and_resources
-from worker.leader import acquire, release
-from worker.loadgen import make_event
-from worker.retention import trim
-from worker.settings import Limits
-from worker.stack import StackInfo
-from worker.time_partitions import drop_expired, ensure, ensure_for, partitions
+from worker.core.leader import acquire, release
+from worker.core.settings import Limits
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.decoding import to_rows
+from worker.pipeline.inserts import insert_events_and_resources
+from worker.services.retention import trim
+from worker.services.time_partitions import drop_expired, ensure, ensure_for, partitions
 
 DAY = timedelta(days=1)
 NOW = datetime.now(UTC)

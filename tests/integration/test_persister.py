@@ -25,11 +25,11 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.records import msgs
-from worker.consumer import Persister
-from worker.decoding import Rows, to_rows
-from worker.loadgen import make_event
-from worker.stack import StackInfo
-from worker.storage import FenceError, write_batch
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.decoding import Rows, to_rows
+from worker.pipeline.persister import Persister
+from worker.pipeline.storage import FenceError, write_batch
 
 
 def generated(n: int, seed: int) -> tuple[list[bytes], int]:

@@ -36,8 +36,8 @@ from tests.integration.support import (
     unique,
     wait_persisted,
 )
-from worker.consumer import Persister
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
 
 ROOT = Path(__file__).parents[2]
 SIDE = ROOT / "tests" / "prefect_side"

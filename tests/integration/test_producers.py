@@ -28,12 +28,12 @@ from tests.integration.support import (
     unique,
     wait_until,
 )
-from worker import metrics
-from worker.consumer import Persister
-from worker.kafka_admin import KafkaView
-from worker.loadgen import make_event
-from worker.stack import StackInfo, kafka_libs
-from worker.status import gather
+from worker.core import metrics
+from worker.core.kafka_admin import KafkaView
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import StackInfo, kafka_libs
+from worker.operate.status import gather
+from worker.pipeline.persister import Persister
 
 PRODUCERS = ("java", "aiokafka")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import event_resources, events
-from worker.stack import SERVER_SETTINGS
+from worker.devtools.stack import SERVER_SETTINGS
 
 EVENTS = 1_000_000
 HOURS = 60

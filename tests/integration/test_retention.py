@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from schemas.tables import event_resources, events
 from tests.integration.support import count, settings_for, wait_until
 from tests.records import msgs
-from worker.decoding import to_rows
-from worker.inserts import insert_events_and_resources
-from worker.leader import acquire, current, holds, release
-from worker.loadgen import make_event
-from worker.retention import trim
-from worker.settings import Limits
-from worker.stack import StackInfo
-from worker.storage import batch_delete
+from worker.core.leader import acquire, current, holds, release
+from worker.core.settings import Limits
+from worker.devtools.loadgen import make_event
+from worker.devtools.stack import StackInfo
+from worker.pipeline.decoding import to_rows
+from worker.pipeline.inserts import insert_events_and_resources
+from worker.pipeline.storage import batch_delete
+from worker.services.retention import trim
 
 NOW = datetime.now(UTC)
 

@@ -23,7 +23,7 @@ from tests.integration.progress import Producer, Sampler
 from tests.integration.support import create_topic, end_offsets, unique, wait_until
 from tests.integration.test_faults import assert_exact, no_crashes, tally, wait_ready, wait_stored
 from tests.integration.workers import WorkerPool, worker_env
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
 
 PARTITIONS = 12
 SEQUENCE = (1, 6, 2, 6, 1)

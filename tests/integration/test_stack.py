@@ -19,8 +19,8 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 
 from tests.integration.cluster import busiest_leader, describe, fully_replicated, leaders
 from tests.integration.support import wait_until
-from worker.kafka_admin import create_topic, topic_config
-from worker.stack import LocalStack
+from worker.core.kafka_admin import create_topic, topic_config
+from worker.devtools.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from tests.integration.support import (
     wait_persisted,
 )
 from tests.integration.workers import WorkerPool, run_command, worker_env
-from worker.loadgen import messages
-from worker.stack import LocalStack, StackInfo
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import LocalStack, StackInfo
 
 
 def status(info: StackInfo, *args: str, topics: str = "events") -> tuple[int, str, str]:

@@ -23,12 +23,12 @@ from tests.integration.support import (
     unique,
     wait_persisted,
 )
-from worker.consumer import Persister
-from worker.leader import acquire, release
-from worker.loadgen import messages
-from worker.retention import trim
-from worker.settings import Settings
-from worker.stack import StackInfo
+from worker.core.leader import acquire, release
+from worker.core.settings import Settings
+from worker.devtools.loadgen import messages
+from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
+from worker.services.retention import trim
 
 EXPIRED = 1_000_000
 KEPT_OLD = 1_000

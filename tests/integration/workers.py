@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from worker.stack import StackInfo
+from worker.devtools.stack import StackInfo
 
 # What a worker inherits from the test's environment is cleaned of these, so
 # only the settings the test passes reach it.

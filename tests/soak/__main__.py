@@ -28,8 +28,8 @@ from tests.soak import verdict
 from tests.soak.calibrate import single_replica_rate
 from tests.soak.load import Load
 from tests.soak.watch import Watch
-from worker.kafka_admin import create_topic
-from worker.stack import LocalStack
+from worker.core.kafka_admin import create_topic
+from worker.devtools.stack import LocalStack
 
 log = logging.getLogger("soak")
 

@@ -9,10 +9,10 @@ from sqlalchemy import text
 
 from tests.integration.support import stored_offsets, wait_until
 from tests.integration.workers import WorkerPool, worker_env
-from worker.kafka_admin import create_topic
-from worker.loadgen import messages, produce
-from worker.stack import StackInfo
-from worker.storage import create_engine
+from worker.core.kafka_admin import create_topic
+from worker.devtools.loadgen import messages, produce
+from worker.devtools.stack import StackInfo
+from worker.pipeline.storage import create_engine
 
 EVENTS = 60_000
 PARTITIONS = 6

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 
-from worker.loadgen import INVALID_MESSAGES, encode, make_event
+from worker.devtools.loadgen import INVALID_MESSAGES, encode, make_event
 
 BAD_EVERY = 1000
 TICK_S = 0.5

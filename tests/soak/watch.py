@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.integration.support import stored_offsets
 from tests.integration.workers import WorkerPool
 from tests.soak import probes
-from worker.stack import LocalStack
-from worker.storage import create_engine
+from worker.devtools.stack import LocalStack
+from worker.pipeline.storage import create_engine
 
 CONNECTIONS = text(
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.metrics import registry
+from worker.core.metrics import registry
 
 COMPOSE = Path(__file__).parents[2] / "compose"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tests.records import Msg
-from worker.batching import Accumulator, Record, Triggers, record_size
+from worker.pipeline.batching import Accumulator, Record, Triggers, record_size
 
 TP = ("t", 0)
 OTHER = ("t", 1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from worker.bench.dataset import copy_chunks, make_dataset, with_fresh_ids
-from worker.bench.results import (
+from worker.devtools.bench.dataset import copy_chunks, make_dataset, with_fresh_ids
+from worker.devtools.bench.results import (
     PREVIOUS_COPY,
     WORKER_1,
     WRITE_CEILING,
@@ -14,8 +14,8 @@ from worker.bench.results import (
     Results,
     at_size,
 )
-from worker.bench.targets import LIGHT_LOAD, targets
-from worker.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
+from worker.devtools.bench.targets import LIGHT_LOAD, targets
+from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
 
 
 def results(preloaded: int = 0) -> Results:

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from worker import metrics
-from worker.client_logs import CollapsingHandler
+from worker.core import metrics
+from worker.core.client_logs import CollapsingHandler
 
 
 def test_a_flood_is_one_warning_and_one_cleared_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -16,7 +16,7 @@ def test_a_flood_is_one_warning_and_one_cleared_line(caplog: pytest.LogCaptureFi
     client.propagate = False
     client.addHandler(handler)
     try:
-        with caplog.at_level(logging.INFO, logger="worker.conditions"):
+        with caplog.at_level(logging.INFO, logger="worker.core.conditions"):
             for attempt in range(500):
                 client.error("Unable connect to node with id %d: refused", attempt % 3)
             client.warning("Heartbeat failed for group g because it is rebalancing")

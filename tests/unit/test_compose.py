@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.metrics import registry
-from worker.settings import ENV_PREFIX, Settings
-from worker.stack import kafka_version
+from worker.core.metrics import registry
+from worker.core.settings import ENV_PREFIX, Settings
+from worker.devtools.stack import kafka_version
 
 COMPOSE = Path(__file__).parents[2] / "compose"
 

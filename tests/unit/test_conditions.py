@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from worker import metrics
-from worker.conditions import Conditions
+from worker.core import metrics
+from worker.core.conditions import Conditions
 
 
 def gauge(kind: str) -> float:
@@ -18,7 +18,7 @@ def gauge(kind: str) -> float:
 
 def test_a_condition_seen_many_times_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     conditions = Conditions("test-once")
-    with caplog.at_level(logging.INFO, logger="worker.conditions"):
+    with caplog.at_level(logging.INFO, logger="worker.core.conditions"):
         for _ in range(50):
             conditions.raise_("events[0]", "events[0]: cannot fetch at offset 7")
         conditions.clear("events[0]", "events[0]: fetching again")
@@ -54,7 +54,7 @@ def test_a_condition_that_does_not_make_the_replica_unready_is_only_counted() ->
 
 def test_a_changed_reason_is_logged_again(caplog: pytest.LogCaptureFixture) -> None:
     conditions = Conditions("test-changed")
-    with caplog.at_level(logging.ERROR, logger="worker.conditions"):
+    with caplog.at_level(logging.ERROR, logger="worker.core.conditions"):
         assert conditions.raise_("k", "first") is True
         assert conditions.raise_("k", "first") is False
         assert conditions.raise_("k", "second") is True

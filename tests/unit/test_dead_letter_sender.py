@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker import deadletter
-from worker.dead_letter_topic import Target
-from worker.deadletter import DeadLetterPublisher, Outcome
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.pipeline import dead_letter_sender
+from worker.pipeline.dead_letter_sender import DeadLetterPublisher, Outcome
+from worker.pipeline.dead_letter_topic import Target
 
 TP = ("events", 3)
 
@@ -109,7 +109,7 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, value_s in (("SEND_TIMEOUT_S", 0.05), ("STUCK_S", 0.1), ("RETRY_S", 0.01)):
-        monkeypatch.setattr(deadletter, name, value_s)
+        monkeypatch.setattr(dead_letter_sender, name, value_s)
     stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
     publisher = Outbox([stuck, fresh])
     scans: list[int] = []
@@ -118,8 +118,8 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
         scans.append(len(rows))
         return set()
 
-    monkeypatch.setattr(deadletter, "already_sent", already_sent)
-    monkeypatch.setattr(deadletter, "fitted", lambda row, *_a, **_k: _record(row))
+    monkeypatch.setattr(dead_letter_sender, "already_sent", already_sent)
+    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
     publisher.request(TP)
     await asyncio.wait_for(settled(publisher), 5)
 

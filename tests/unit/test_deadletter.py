@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from worker import metrics
-from worker.conditions import Conditions
-from worker.dead_letter_admin import oversized
-from worker.dead_letter_records import (
+from worker.core import metrics
+from worker.core.conditions import Conditions
+from worker.operate.dead_letter_admin import oversized
+from worker.pipeline.dead_letter_records import (
     dead_letter_topic,
     fitted,
     headers,
@@ -24,7 +24,7 @@ from worker.dead_letter_records import (
     request_bytes,
     whole,
 )
-from worker.deadletter import Outcome, report
+from worker.pipeline.dead_letter_sender import Outcome, report
 
 
 def row(**overrides: Any) -> Any:
@@ -165,7 +165,7 @@ def test_publishing_problems_are_logged_once_and_end_with_one_line(
     conditions = Conditions("test-dead-letters")
     failing = Outcome(error="KafkaConnectionError('down')", unsure=True)
     unfit = Outcome(unfit="the dead letter of offset 7 does not fit events.dlq even reduced")
-    with caplog.at_level(logging.INFO, logger="worker.conditions"):
+    with caplog.at_level(logging.INFO, logger="worker.core.conditions"):
         for _ in range(3):
             report(conditions, ("events", 3), "events.dlq", failing)
         assert ours(metrics.readiness.conditions) == {

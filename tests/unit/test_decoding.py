@@ -12,8 +12,8 @@ import pytest
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
 from tests.records import Msg, msgs
-from worker.decoding import MAX_ERROR_CHARS, Rejection, decode, received_at, to_rows
-from worker.settings import Limits
+from worker.core.settings import Limits
+from worker.pipeline.decoding import MAX_ERROR_CHARS, Rejection, decode, received_at, to_rows
 
 ID_A = UUID("11111111-1111-4111-8111-111111111111")
 ID_B = UUID("22222222-2222-4222-8222-222222222222")

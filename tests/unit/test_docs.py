@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.services import Service
-from worker.settings import ENV_PREFIX, Settings
+from worker.core.settings import ENV_PREFIX, Settings
+from worker.services.framework import Service
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
-from worker.settings import Limits
+from worker.core.settings import Limits
 
 EVENT_ID = "0b1e3c1e-7a4c-4f2a-9a53-3c2f4c9b6f10"
 FOLLOWS_ID = "6f1c4a52-2f8e-4d7f-8d0c-1b7e3d9f0a21"

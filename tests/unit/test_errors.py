@@ -6,7 +6,7 @@ import asyncpg.exceptions as pg  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 
-from worker.errors import ErrorKind, classify, describe, sqlstate
+from worker.core.errors import ErrorKind, classify, describe, sqlstate
 
 
 class DriverError(Exception):

@@ -17,7 +17,7 @@ from aiokafka.errors import (
     UnsupportedCodecError,
 )
 
-from worker.fetch_errors import FetchErrorKind, describe, kind_of, named_partitions
+from worker.pipeline.fetch_errors import FetchErrorKind, describe, kind_of, named_partitions
 
 OWNED = {("events", 0), ("events", 1), ("other", 0)}
 

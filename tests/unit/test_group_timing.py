@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.fetching import group_timing
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.pipeline.fetching import group_timing
 
 
 def test_defaults_hear_of_a_rebalance_within_three_seconds() -> None:

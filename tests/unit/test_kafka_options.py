@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.cli.common import JsonFormatter
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 
 def test_plaintext_by_default() -> None:

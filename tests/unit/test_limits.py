@@ -25,7 +25,7 @@ from schemas.limits import (
     utf8_length,
 )
 from schemas.tables import metadata
-from worker.services import RetentionTrimmer
+from worker.services.framework import RetentionTrimmer
 
 HEADER_BYTES = 8
 # (width, alignment) of the fixed-width types used in keys.

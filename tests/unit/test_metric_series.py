@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker import __version__, metrics
+from worker import __version__
+from worker.core import metrics
 
 
 def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

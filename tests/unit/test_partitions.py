@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.partitions import RETRY_CAP_S, Owned, backoff_s, names
+from worker.pipeline.partitions import RETRY_CAP_S, Owned, backoff_s, names
 
 
 def ready() -> Owned:

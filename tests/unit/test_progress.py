@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from worker.progress import Throughput
+from worker.pipeline.progress import Throughput
 
 
 def test_the_first_call_starts_the_window_and_logs_nothing() -> None:

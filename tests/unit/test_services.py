@@ -24,8 +24,8 @@ from typing import ClassVar
 
 import pytest
 
-from worker.services import EventPersister, MetricsServer, RetentionTrimmer, Service
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.services.framework import EventPersister, MetricsServer, RetentionTrimmer, Service
 
 TIMEOUT_S = 5.0
 
@@ -166,7 +166,7 @@ async def test_running_stops_every_service_even_when_the_body_fails(settings: Se
 async def test_running_logs_a_failed_service_on_exit_instead_of_raising(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="worker.services"):
+    with caplog.at_level(logging.ERROR, logger="worker.services.framework"):
         async with _TestRoot.running(settings) as tasks:
             await started(instance(_Idle))
             await started(instance(_Crashes))

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.setting_names import describe_errors, known_variables, unknown_variables, variable
-from worker.settings import Settings
+from worker.core.setting_names import describe_errors, known_variables, unknown_variables, variable
+from worker.core.settings import Settings
 
 
 def lines(**values: Any) -> list[str]:

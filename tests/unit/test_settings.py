@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.services import EventPersister, MetricsServer, RetentionTrimmer, Service
-from worker.settings import Limits, ServicesSettings, ServiceToggle, Settings
+from worker.core.settings import Limits, ServicesSettings, ServiceToggle, Settings
+from worker.services.framework import EventPersister, MetricsServer, RetentionTrimmer, Service
 
 PLAIN_NAMES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
 

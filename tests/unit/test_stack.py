@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import stack, stack_kafka
+from worker.devtools import stack, stack_kafka
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from worker import stack
 from worker.cli import app
+from worker.devtools import stack
 
 
 def test_brokers_reach_the_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import generate_latest
 
-from worker import metrics
+from worker.core import metrics
 
 
 def tasks_metric() -> float:

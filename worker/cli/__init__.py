@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli import control, dead_letters, operate, service
+from worker.cli import control, dead_letters, operate, run
 from worker.cli.common import EXIT_BAD_SETTINGS, app, report
 
 # Importing the command modules registers their commands on `app`.
-__all__ = ["app", "control", "dead_letters", "operate", "run_app", "service"]
+__all__ = ["app", "control", "dead_letters", "operate", "run", "run_app"]
 
 
 def run_app(args: list[str]) -> int:

@@ -30,14 +30,14 @@ from worker.cli.failures import (
     capture_client_logs,
     explain,
 )
-from worker.setting_names import (
+from worker.core.setting_names import (
     describe_errors,
     describe_source_error,
     known_variables,
     unknown_variables,
 )
-from worker.settings import Settings
-from worker.storage import create_engine
+from worker.core.settings import Settings
+from worker.pipeline.storage import create_engine
 
 __all__ = [
     "EXIT_BAD_SETTINGS",
@@ -113,7 +113,7 @@ def setup(level: str | None = None) -> Settings:
         configure_logging(level)
         capture_client_logs()
     for line in unknown_variables(os.environ, known_variables(Settings)):
-        logging.getLogger("worker.settings").warning("%s", line.removeprefix("warning: "))
+        logging.getLogger("worker.core.settings").warning("%s", line.removeprefix("warning: "))
     return settings
 
 

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.limits import MAX_GROUP_ID_BYTES, MAX_TOPIC_CHARS, utf8_length
 from worker.cli.common import app, setup, with_engine
-from worker.controls import resume_one_of_paused_topic, set_paused, topic_paused
-from worker.kafka_admin import KafkaView
+from worker.core.kafka_admin import KafkaView
+from worker.pipeline.controls import resume_one_of_paused_topic, set_paused, topic_paused
 
 Topic = Annotated[str, typer.Option(help="The topic.")]
 Partition = Annotated[int | None, typer.Option(min=0, help="Only this partition.")]

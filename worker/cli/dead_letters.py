@@ -24,7 +24,8 @@ from worker.cli.common import (
     setup,
     with_engine,
 )
-from worker.dead_letter_admin import (
+from worker.core.settings import parse_duration
+from worker.operate.dead_letter_admin import (
     Selection,
     SendBackFailed,
     count_dead_letters,
@@ -36,7 +37,6 @@ from worker.dead_letter_admin import (
     resolve,
     send_back,
 )
-from worker.settings import parse_duration
 
 dlq_app = typer.Typer(
     help="Inspect, count, resolve, purge dead letters and send them back.", no_args_is_help=True

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from worker.services import CannotStart
+from worker.services.framework import CannotStart
 
 EXIT_UNEXPECTED = 1
 EXIT_BAD_SETTINGS = 2

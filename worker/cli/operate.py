@@ -24,13 +24,13 @@ from worker.cli.common import (
     setup,
     with_engine,
 )
-from worker.database_wait import ping
-from worker.kafka_admin import KafkaView
-from worker.replay import Move, ReplayRefused, Target, apply, followed, plan
-from worker.services import RetentionTrimmer
-from worker.settings import parse_duration
-from worker.status import Status, gather
-from worker.status_view import status_json, status_table
+from worker.core.kafka_admin import KafkaView
+from worker.core.settings import parse_duration
+from worker.operate.replay import Move, ReplayRefused, Target, apply, followed, plan
+from worker.operate.status import Status, gather
+from worker.operate.status_view import status_json, status_table
+from worker.pipeline.database_wait import ping
+from worker.services.framework import RetentionTrimmer
 
 # How long `replay --force` waits for the live workers' Kafka commits.
 FOLLOW_TIMEOUT_S = 10.0

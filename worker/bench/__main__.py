@@ -1,3 +1,0 @@
-from worker.bench.runner import main
-
-raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Commands that run things: the services, migrations, trimming, the local
+stack and the load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+from sqlalchemy.exc import SQLAlchemyError
+
+from schemas.migrate import upgrade
+from worker.cli.common import (
+    EXIT_BAD_SETTINGS,
+    app,
+    setup,
+    with_engine,
+)
+from worker.cli.failures import DatabaseFailure
+from worker.core.client_logs import collapse_client_logs, sweep_forever
+from worker.core.codecs import CodecError, check_codecs
+from worker.core.kafka_admin import create_topic
+from worker.core.settings import Settings
+from worker.devtools import loadgen, stack
+from worker.services import time_partitions
+from worker.services.framework import Service
+from worker.services.retention import trim
+
+GC_THRESHOLDS = (50_000, 20, 100)
+
+stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+async def _run_until_signalled(settings: Settings) -> None:
+    client_lines = collapse_client_logs()
+    sweeper = asyncio.create_task(sweep_forever(client_lines))
+    try:
+        await _services_until_signalled(settings)
+    finally:
+        sweeper.cancel()
+
+
+def _drain() -> None:
+    for service in Service.current:
+        service.drain()
+
+
+async def _services_until_signalled(settings: Settings) -> None:
+    task = asyncio.create_task(Service.run_services(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    # Drain: leave the group (flushing and committing first), stay up.
+    loop.add_signal_handler(signal.SIGUSR1, _drain)
+    try:
+        await task
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopped by signal")
+
+
+@app.command()
+def run() -> None:
+    """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
+    settings = setup()
+    try:
+        check_codecs()
+    except CodecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    logging.getLogger(__name__).info(
+        "starting %s against %s",
+        ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
+        settings.redacted_database_url(),
+    )
+    # Batches make many short-lived objects: the default collector thresholds
+    # would traverse the long-lived ones (modules, buffers) over and over.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    asyncio.run(_run_until_signalled(settings))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database tables (Alembic migrations)."""
+    settings = setup()
+    try:
+        upgrade(settings.database_url)
+        if settings.database_url.startswith("postgresql"):
+            now = datetime.now(UTC)
+            created = asyncio.run(
+                with_engine(
+                    settings, lambda engine: time_partitions.ensure_for(engine, settings, now)
+                )
+            )
+            typer.echo(f"created {created} partitions of events and event_resources")
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise DatabaseFailure(str(exc)) from exc
+    typer.echo(f"migrated {settings.redacted_database_url()}")
+
+
+@app.command("trim")
+def trim_command(
+    once: Annotated[bool, typer.Option("--once", help="Trim now, once (required).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete events older than the retention period, now.
+
+    The elected trimmer does this every PERSISTER_TRIM_EVERY; this is for
+    operators."""
+    if not once:
+        typer.echo(
+            "error: trim runs once per call: pass --once (the service trims periodically)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    settings = setup()
+
+    trimmed = asyncio.run(
+        with_engine(settings, lambda engine: trim(engine, settings, None, dry_run=dry_run))
+    )
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {trimmed.events} events and {trimmed.resources} resource rows")
+    if trimmed.partitions:
+        typer.echo(f"dropped {trimmed.partitions} expired partitions of both tables")
+
+
+StateDir = Annotated[
+    Path | None, typer.Option(help="Where the stack keeps its data and pid files.")
+]
+
+
+Brokers = Annotated[
+    int, typer.Option(min=1, max=9, help="Kafka brokers (3: topics replicated 3 times).")
+]
+
+
+@stack_app.command("up")
+def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
+    """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
+    where = state_dir or stack.default_state_dir()
+    info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers)
+    typer.echo(info.exports(), nl=False)
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = None) -> None:
+    """Stop the local stack and delete its data."""
+    if not stack.stack_down(state_dir or stack.default_state_dir()):
+        typer.echo("no local stack was running")
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(min=1, help="How many messages.")] = 10_000,
+    topic: Annotated[
+        str | None, typer.Option(help="Default: the first of PERSISTER_TOPICS.")
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic is new.")] = 4,
+    invalid_every: Annotated[
+        int, typer.Option(min=0, help="Make every Nth message a bad one (0: none).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
+) -> None:
+    """Send realistic events (and optionally bad messages) to a topic."""
+    settings = setup("WARNING")
+    name = topic or settings.topics[0]
+
+    async def go() -> int:
+        await create_topic(settings.kafka_options(), name, partitions)
+        with Progress(transient=False) as progress:
+            bar = progress.add_task(f"producing to {name}", total=count)
+            return await loadgen.produce(
+                settings.kafka_options(),
+                name,
+                loadgen.messages(count, seed=seed, invalid_every=invalid_every),
+                on_sent=lambda n: progress.advance(bar, n),
+            )
+
+    sent = asyncio.run(go())
+    typer.echo(f"sent {sent} messages to {name}")

@@ -1,0 +1,3 @@
+from worker.devtools.bench.runner import main
+
+raise SystemExit(main())

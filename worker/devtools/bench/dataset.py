@@ -1,0 +1,146 @@
+"""The benchmark's events, generated once, and the rows COPY writes for them. Pure.
+
+Every measurement uses these same events: the topic is loaded with their
+encoded form, and the COPY phases write the rows the worker would make of
+them (columns as in `schemas.tables`, JSON columns as JSON text).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from schemas.events import RESOURCE_ID, RESOURCE_ROLE
+from worker.devtools.loadgen import encode, make_event
+from worker.pipeline.decoding import json_text, other_labels
+from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
+
+SEED = 20_260_101
+# make_event's envelope is ~415 bytes without the payload note: this makes the
+# encoded events ~1 KB on average.
+PAYLOAD_BYTES = 609
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    events: list[dict[str, Any]]
+    values: list[bytes]
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, self.values))
+
+    @property
+    def resource_rows(self) -> int:
+        """The primary resource plus each related one (their (role, id) are distinct)."""
+        return sum(1 + len(event["related"]) for event in self.events)
+
+
+def make_dataset(count: int, seed: int = SEED) -> Dataset:
+    rng = random.Random(seed)
+    events = [make_event(rng, payload_bytes=PAYLOAD_BYTES) for _ in range(count)]
+    return Dataset(events, [encode(event) for event in events])
+
+
+@dataclass(frozen=True)
+class CopyChunk:
+    """The rows of one COPY transaction: some events and all their resource rows."""
+
+    events: list[Row]
+    resources: list[Row]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def event_record(event: dict[str, Any], received: datetime) -> Row:
+    related: list[dict[str, str]] = event["related"]
+    row = {
+        "id": UUID(event["id"]),
+        # fromisoformat gives a plain datetime in datetime.UTC: asyncpg's COPY
+        # is about 3x slower with a datetime subclass (what pydantic returns).
+        "occurred": datetime.fromisoformat(event["occurred"]),
+        "event": event["event"],
+        "resource_id": event["resource"][RESOURCE_ID],
+        "resource": json_text(event["resource"]),
+        "related_resource_ids": json_text([r[RESOURCE_ID] for r in related]),
+        "related": json_text(related),
+        "payload": json_text(event["payload"]),
+        "received": received,
+        "follows": UUID(event["follows"]) if event.get("follows") else None,
+    }
+    return tuple(row[name] for name in EVENT_COLUMNS)
+
+
+def resource_records(event: dict[str, Any], event_id: UUID, occurred: datetime) -> list[Row]:
+    """As `worker.pipeline.decoding.resource_rows`: role "" for the primary resource."""
+    labelled = [("", event["resource"]), *((r[RESOURCE_ROLE], r) for r in event["related"])]
+    rows: dict[tuple[str, str], Row] = {}
+    for role, labels in labelled:
+        row = {
+            "event_id": event_id,
+            "resource_role": role,
+            "resource_id": labels[RESOURCE_ID],
+            "occurred": occurred,
+            "resource": json_text(other_labels(labels)),
+        }
+        rows.setdefault((role, labels[RESOURCE_ID]), tuple(row[n] for n in RESOURCE_COLUMNS))
+    return list(rows.values())
+
+
+def copy_chunks(
+    events: Sequence[dict[str, Any]], received: datetime, chunk_events: int
+) -> list[CopyChunk]:
+    """The rows of `events`, in transactions of `chunk_events` events."""
+    id_at = EVENT_COLUMNS.index("id")
+    occurred_at = EVENT_COLUMNS.index("occurred")
+    chunks = []
+    for start in range(0, len(events), chunk_events):
+        chunk = CopyChunk([], [])
+        for event in events[start : start + chunk_events]:
+            row = event_record(event, received)
+            chunk.events.append(row)
+            chunk.resources.extend(resource_records(event, row[id_at], row[occurred_at]))
+        chunks.append(chunk)
+    return chunks
+
+
+def with_fresh_ids(chunks: Sequence[CopyChunk], shift: timedelta = timedelta(0)) -> list[CopyChunk]:
+    """The same rows under new random event ids (for writing them again into
+    tables that already hold them), `occurred` moved by `shift`."""
+    id_at, occurred_at = EVENT_COLUMNS.index("id"), EVENT_COLUMNS.index("occurred")
+    event_id_at = RESOURCE_COLUMNS.index("event_id")
+    resource_occurred_at = RESOURCE_COLUMNS.index("occurred")
+    fresh = []
+    for chunk in chunks:
+        ids = {row[id_at]: uuid4() for row in chunk.events}
+        events = [
+            _replace(row, {id_at: ids[row[id_at]], occurred_at: row[occurred_at] + shift})
+            for row in chunk.events
+        ]
+        resources = [
+            _replace(
+                row,
+                {
+                    event_id_at: ids[row[event_id_at]],
+                    resource_occurred_at: row[resource_occurred_at] + shift,
+                },
+            )
+            for row in chunk.resources
+        ]
+        fresh.append(CopyChunk(events, resources))
+    return fresh
+
+
+def _replace(row: Row, values: dict[int, Any]) -> Row:
+    return tuple(values.get(i, value) for i, value in enumerate(row))

@@ -1,0 +1,72 @@
+"""The storage targets, checked against one run's figures. Pure.
+
+A target that a run did not measure (no "at size" phases without
+--preload) is left out rather than reported as met or missed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.devtools.bench.results import WORKER_1, Results, at_size
+
+LIGHT_LOAD = "20% load, from record timestamp"
+RSS_LIMIT_MIB = 250.0
+P99_LIMIT_MS = 150.0
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    value: float
+    limit: float
+    # True: value must be at least `limit`; False: at most.
+    at_least: bool
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "what": self.what,
+            "value": round(self.value, 3),
+            "limit": self.limit,
+            "at_least": self.at_least,
+            "met": self.met,
+        }
+
+
+def _ratios(results: Results, prefix: str, where: str) -> list[Target]:
+    ratios = results.ratios()
+    wanted = [
+        ("worker_1_over_previous_copy", "worker 1 replica / COPY into the previous schema", 1.25),
+        ("worker_1_over_write_ceiling", "worker 1 replica / COPY into the current schema", 0.85),
+    ]
+    found = [
+        Target(f"{what}, {where}", value, limit, True)
+        for key, what, limit in wanted
+        if (value := ratios.get(prefix + key)) is not None
+    ]
+    cpu = ratios.get(prefix + "server_cpu_worker_1_over_previous_copy")
+    if cpu is not None:
+        what = f"PostgreSQL CPU per 10k events: worker / COPY into the previous schema, {where}"
+        found.append(Target(what, cpu, 0.6, False))
+    return found
+
+
+def targets(results: Results) -> list[Target]:
+    found = _ratios(results, "", "empty tables")
+    if results.preloaded:
+        found += _ratios(results, "at_size_", f"{results.preloaded:,} events stored")
+    light = next((lat for lat in results.latencies if lat.name == LIGHT_LOAD), None)
+    if light is not None:
+        found.append(Target("p99 ms at 20% load", light.p99_ms, P99_LIMIT_MS, False))
+    runs = [(WORKER_1, "")]
+    if results.preloaded:
+        runs.append((WORKER_1 + at_size(results.preloaded), f", {results.preloaded:,} stored"))
+    for name, where in runs:
+        worker = results.phase(name)
+        if worker is not None and worker.peak_rss_mib:
+            what = f"peak RSS MiB, 1 replica{where}"
+            found.append(Target(what, max(worker.peak_rss_mib), RSS_LIMIT_MIB, False))
+    return found

@@ -1,0 +1,281 @@
+"""A local Kafka (one broker or a cluster, see `worker.devtools.stack_kafka`) and
+PostgreSQL server, without Docker.
+
+For tests, the demo and the benchmark; everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.devtools.stack_files import StackError, accepts, default_state_dir, free_ports, tail
+from worker.devtools.stack_kafka import (
+    SASL_PASSWORD,
+    SASL_USER,
+    KafkaCluster,
+    all_port_names,
+    kafka_libs,
+    kafka_version,
+    new_cluster_id,
+)
+
+__all__ = [
+    "SASL_PASSWORD",
+    "SASL_USER",
+    "LocalStack",
+    "StackError",
+    "StackInfo",
+    "default_state_dir",
+    "kafka_libs",
+    "kafka_version",
+    "new_cluster_id",
+    "stack_down",
+    "stack_up",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "stack.json"
+PG_STOP_DEADLINE_S = 30.0
+DATABASE = "events"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    kafka_bootstrap_servers: str
+    database_url: str
+    # A second listener of the same broker that wants SASL/PLAIN with
+    # SASL_USER and SASL_PASSWORD (for testing Kafka security settings).
+    kafka_sasl_bootstrap_servers: str = ""
+
+    def exports(self) -> str:
+        """Shell lines that point the persister at this stack."""
+        return (
+            f"export KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers}\n"
+            f"export DATABASE_URL={self.database_url}\n"
+        )
+
+
+# The server settings that matter for this write load (docs/performance.md):
+# whole index pages written to the WAL after each checkpoint are most of its
+# volume, so checkpoints are spaced out and the WAL is compressed. All of them
+# take effect on a reload, so a benchmark can compare with the defaults.
+SERVER_SETTINGS = {
+    "wal_compression": "lz4",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+}
+
+
+def _pg_bin(name: str) -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+        if (path := Path(out.stdout.strip()) / name).exists():
+            return str(path)
+    return name
+
+
+class LocalStack:
+    """Kafka (one KRaft node, or a cluster of `brokers`) plus, unless a
+    database URL is given, one PostgreSQL cluster."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        database_url: str | None = None,
+        brokers: int = 1,
+        server_settings: Mapping[str, str] = SERVER_SETTINGS,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self._external_db = database_url
+        # On the command line, so ALTER SYSTEM cannot change them: a benchmark
+        # that switches settings passes none and sets them itself.
+        self._server_settings = dict(server_settings)
+        self._pg_dir = self.state_dir / "postgres"
+        self._pgdata = self._pg_dir / "pgdata"
+        self._ports: dict[str, int] = {}
+        self.kafka = KafkaCluster(self.state_dir / "kafka", self._ports, brokers, {})
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LocalStack:
+        """The stack described by `state_dir`/stack.json, e.g. one started by another process."""
+        saved = json.loads((state_dir / STATE_FILE).read_text())
+        stack = cls(state_dir, saved["external_database_url"], int(saved.get("brokers", 1)))
+        stack._ports.update({name: int(port) for name, port in saved["ports"].items()})
+        pids = saved.get("kafka_pids") or {"1": saved.get("kafka_pid")}
+        stack.kafka.pids = {int(n): int(pid) for n, pid in pids.items() if pid is not None}
+        return stack
+
+    def save(self) -> None:
+        state: dict[str, Any] = {
+            "external_database_url": self._external_db,
+            "brokers": self.kafka.brokers,
+            "ports": self._ports,
+            "kafka_pids": self.kafka.pids,
+            "postgres_pid": self._postgres_pid(),
+            "dirs": {"kafka": str(self.kafka.kafka_dir), "postgres": str(self._pg_dir)},
+            "info": asdict(self.info),
+        }
+        (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def kafka_partition_dir(self, topic: str, partition: int, node: int = 1) -> Path:
+        """Where a broker keeps a partition's log segments."""
+        return self.kafka.partition_dir(topic, partition, node)
+
+    @property
+    def info(self) -> StackInfo:
+        if not self._ports:
+            raise StackError("the stack has not been started")
+        pg = f"postgresql+asyncpg://postgres@127.0.0.1:{self._ports['postgres']}/{DATABASE}"
+        return StackInfo(
+            self.kafka.bootstrap(), self._external_db or pg, self.kafka.bootstrap(sasl=True)
+        )
+
+    def start(self) -> StackInfo:
+        """Start whatever is not running yet; return where to find it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self._ports:
+            names = ["postgres", *all_port_names(self.kafka.brokers)]
+            self._ports.update(zip(names, free_ports(len(names)), strict=True))
+        self.start_postgres()
+        self.start_kafka()
+        return self.info
+
+    def stop(self) -> None:
+        self.stop_kafka()
+        self.stop_postgres()
+
+    def running(self) -> bool:
+        return self.kafka.any_alive() or (not self._external_db and self._postgres_running())
+
+    def kafka_log_tail(self, lines: int = 80) -> str:
+        return self.kafka.log_tail(lines)
+
+    def start_kafka(self, nodes: list[int] | None = None) -> None:
+        """Start the Kafka nodes (default: all) that are not running."""
+        self.kafka.start(nodes)
+
+    def stop_kafka(
+        self, nodes: list[int] | None = None, sig: signal.Signals = signal.SIGTERM
+    ) -> None:
+        """Stop the Kafka nodes (default: all): SIGTERM for a controlled
+        shutdown, SIGKILL for a crash."""
+        self.kafka.stop(nodes, sig)
+
+    def _pg(self, *args: str, what: str = "") -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL tool as the postgres user, since the server refuses to run as root."""
+        cmd = [_pg_bin(args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            # The postgres user must reach the directory, e.g. through
+            # pytest's 0700 dirs (which another pytest run may reset).
+            for parent in self._pg_dir.parents:
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    log.info("allowing other users to traverse %s for PostgreSQL", parent)
+                    parent.chmod(mode | stat.S_IXOTH)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+        if what and done.returncode != 0:
+            pg_log = tail(self._pg_dir / "postgres.log")
+            raise StackError(f"{what}:\n{done.stderr}\n--- postgres.log ---\n{pg_log}")
+        return done
+
+    def _postgres_running(self) -> bool:
+        if not self._pgdata.is_dir():
+            return False
+        return self._pg("pg_ctl", "-D", str(self._pgdata), "status").returncode == 0
+
+    def _postgres_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self._pgdata / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def start_postgres(self) -> None:
+        if self._external_db or self._postgres_running():
+            return
+        fresh = not (self._pgdata / "PG_VERSION").exists()
+        if fresh:
+            self._init_postgres()
+        port = str(self._ports["postgres"])
+        # pg_ctl hands -o to a shell, hence the quoting.
+        opts = f"-p {port} -k {shlex.quote(str(self._pg_dir))} -c listen_addresses=127.0.0.1"
+        opts += "".join(f" -c {name}={value}" for name, value in self._server_settings.items())
+        pg_log = str(self._pg_dir / "postgres.log")
+        args = ["-D", str(self._pgdata), "-l", pg_log, "-w", "-t", "60", "-o", opts, "start"]
+        self._pg("pg_ctl", *args, what="PostgreSQL did not start")
+        if fresh:
+            args = ["-h", "127.0.0.1", "-p", port, "-U", "postgres", DATABASE]
+            self._pg("createdb", *args, what=f"creating database {DATABASE} failed")
+        log.info("PostgreSQL ready on 127.0.0.1:%s", port)
+
+    def _init_postgres(self) -> None:
+        shutil.rmtree(self._pgdata, ignore_errors=True)  # leftover of an interrupted initdb
+        self._pg_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self._pg_dir, "postgres", "postgres")
+            for path in self._pg_dir.iterdir():
+                shutil.chown(path, "postgres", "postgres")
+        args = ["-D", str(self._pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        args.append("--no-sync")  # only initdb's own writes; the server keeps fsync on
+        self._pg("initdb", *args, what="initdb failed")
+
+    def stop_postgres(self) -> None:
+        if self._external_db or not self._postgres_running():
+            return
+        log.info("stopping PostgreSQL")
+        args = ["-D", str(self._pgdata), "-m", "fast", "-w", "-t", "60", "stop"]
+        self._pg("pg_ctl", *args, what="PostgreSQL did not stop")
+        # pg_ctl returns once the pid file is gone, a moment before the
+        # postmaster exits and closes its socket: a start on the same port
+        # right away would find it taken.
+        port = self._ports.get("postgres")
+        deadline = time.monotonic() + PG_STOP_DEADLINE_S
+        while port and accepts("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def stack_up(state_dir: Path, database_url: str | None, brokers: int = 1) -> StackInfo:
+    """Start a stack that outlives this process and record it in
+    `state_dir`/stack.json; one recorded there already is resumed as it was
+    configured, on the same ports and data (refused if `brokers` differs)."""
+    if (state_dir / STATE_FILE).exists():
+        stack = LocalStack.load(state_dir)
+        if stack.kafka.brokers != brokers:
+            raise StackError(
+                f"the stack in {state_dir} has {stack.kafka.brokers} broker(s), not {brokers}:"
+                " `persister stack down` first"
+            )
+    else:
+        stack = LocalStack(state_dir, database_url, brokers)
+    try:
+        info = stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    stack.save()
+    return info
+
+
+def stack_down(state_dir: Path) -> bool:
+    """Stop the stack recorded in `state_dir` and delete its data; False if nothing was running."""
+    if not (state_dir / STATE_FILE).exists():
+        return False
+    stack = LocalStack.load(state_dir)
+    was_running = stack.running()
+    stack.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return was_running

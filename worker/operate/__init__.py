@@ -1,0 +1,1 @@
+"""Operator commands' logic: replay, status, the dead-letter table."""

@@ -1,0 +1,156 @@
+"""What operators ask of a group's partitions, kept in `partition_controls`
+(the database is the truth, so it outlives rebalances and restarts): pause
+a topic or a partition, and reload a stored offset that a replay moved under
+a live worker. Workers read the group's rows every `POLL_EVERY_S`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.tables import partition_controls
+from worker.pipeline.partitions import TP
+from worker.pipeline.storage import dialect_insert
+
+logger = logging.getLogger(__name__)
+
+POLL_EVERY_S = 1.0
+WHOLE_TOPIC = -1
+
+
+@dataclass(frozen=True)
+class Control:
+    topic: str
+    partition: int
+    paused: bool
+    reload: int
+
+
+def paused_among(controls: Iterable[Control], partitions: Iterable[TP]) -> set[TP]:
+    """Which of `partitions` are paused, by their own row or their topic's."""
+    paused = {(c.topic, c.partition) for c in controls if c.paused}
+    return {
+        (topic, partition)
+        for topic, partition in partitions
+        if (topic, partition) in paused or (topic, WHOLE_TOPIC) in paused
+    }
+
+
+async def read_controls(conn: AsyncConnection, group: str) -> list[Control]:
+    c = partition_controls.c
+    rows = await conn.execute(
+        select(c.topic, c.partition, c.paused, c.reload).where(c.group_id == group)
+    )
+    return [Control(r.topic, r.partition, bool(r.paused), int(r.reload)) for r in rows]
+
+
+async def set_paused(
+    engine: AsyncEngine, group: str, topic: str, partition: int | None, paused: bool
+) -> None:
+    """Pause or resume a partition (None: the whole topic). Resuming the
+    whole topic resumes each of its partitions too."""
+    c = partition_controls.c
+    where = WHOLE_TOPIC if partition is None else partition
+    async with engine.begin() as conn:
+        if not paused and partition is None:
+            await conn.execute(
+                update(partition_controls)
+                .where(c.group_id == group, c.topic == topic)
+                .values(paused=False, updated=func.now())
+            )
+            return
+        stmt = dialect_insert(conn, partition_controls).values(
+            group_id=group, topic=topic, partition=where, paused=paused
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[c.group_id, c.topic, c.partition],
+                set_={"paused": paused, "updated": func.now()},
+            )
+        )
+
+
+async def topic_paused(engine: AsyncEngine, group: str, topic: str) -> bool:
+    """Whether `topic` is paused as a whole."""
+    async with engine.connect() as conn:
+        controls = await read_controls(conn, group)
+    return any(c.topic == topic and c.partition == WHOLE_TOPIC and c.paused for c in controls)
+
+
+async def resume_one_of_paused_topic(
+    engine: AsyncEngine, group: str, topic: str, partitions: Iterable[int], resumed: int
+) -> None:
+    """Resume one partition of a topic paused as a whole: the topic's pause
+    becomes a pause of each of its other `partitions` (one transaction)."""
+    c = partition_controls.c
+    async with engine.begin() as conn:
+        for partition in sorted({*partitions, resumed, WHOLE_TOPIC}):
+            paused = partition not in (resumed, WHOLE_TOPIC)
+            stmt = dialect_insert(conn, partition_controls).values(
+                group_id=group, topic=topic, partition=partition, paused=paused
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[c.group_id, c.topic, c.partition],
+                    set_={"paused": paused, "updated": func.now()},
+                )
+            )
+
+
+async def request_reload(
+    conn: AsyncConnection, group: str, topic: str, partitions: Iterable[int]
+) -> None:
+    """Tell the owners of `partitions` to reload their stored offsets (in
+    the caller's transaction, with the move itself)."""
+    c = partition_controls.c
+    for partition in partitions:
+        stmt = dialect_insert(conn, partition_controls).values(
+            group_id=group, topic=topic, partition=partition, reload=1
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[c.group_id, c.topic, c.partition],
+                set_={"reload": c.reload + 1, "updated": func.now()},
+            )
+        )
+
+
+class ControlWatcher:
+    """A worker's view of its group's controls, refreshed at most every
+    `POLL_EVERY_S`. A failed read keeps the last view (a database outage
+    shows in the write path)."""
+
+    def __init__(self, engine: AsyncEngine, group: str) -> None:
+        self.engine = engine
+        self.group = group
+        self.controls: list[Control] = []
+        self._reloads: dict[TP, int] | None = None
+        self._read_at = 0.0
+
+    async def refresh(self) -> list[TP]:
+        """Re-read if due; returns the partitions whose reload was raised
+        since the last read (none on the first)."""
+        now = time.monotonic()
+        if now - self._read_at < POLL_EVERY_S:
+            return []
+        self._read_at = now
+        try:
+            async with self.engine.connect() as conn:
+                self.controls = await read_controls(conn, self.group)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.debug("controls not read: %r", exc)
+            return []
+        reloads = {(c.topic, c.partition): c.reload for c in self.controls}
+        before, self._reloads = self._reloads, reloads
+        if before is None:
+            return []
+        return sorted(tp for tp, n in reloads.items() if before.get(tp, 0) != n)
+
+    def paused(self, partitions: Iterable[TP]) -> set[TP]:
+        return paused_among(self.controls, partitions)

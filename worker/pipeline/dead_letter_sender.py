@@ -1,0 +1,396 @@
+"""The dead-letter topic, fed from the `dead_letters` table (an outbox).
+
+Order: a dead letter is first committed to the table in the batch's
+transaction; only then is it sent to the topic, and marked `published` as
+soon as the broker acknowledges it. The partition's owner does the sending,
+so there is one sender per dead letter. A crash between sending and marking
+(or a send whose outcome is unknown) leaves rows unmarked that may already be
+on the topic; the next attempt reads the topic's recent records for that
+partition and marks those instead of sending them twice.
+
+Each dead letter goes to partition (source partition mod partition count) of
+`<topic>.dlq` (the `dead_letter_topic` setting), whole if it fits the topic,
+else reduced (`worker.pipeline.dead_letter_records`). One that fails does not hold
+back the others: each is marked on its own, and the failed one is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordListTooLargeError,
+)
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import dead_letters
+from worker.core.conditions import Conditions
+from worker.core.settings import Settings
+from worker.pipeline.dead_letter_records import (
+    Outgoing,
+    dead_letter_topic,
+    fitted,
+    reduced,
+    request_bytes,
+)
+from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, prepare
+
+logger = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+SEND_TIMEOUT_S = 10.0
+RETRY_S = 5.0
+# A send unanswered this long means its producer is stuck (an idempotent
+# producer retries without end): it is replaced, and what it held is looked
+# for on the topic before being sent again.
+STUCK_S = 3 * SEND_TIMEOUT_S
+# The broker refused the record for its size: next time it goes reduced.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# After these the record is certainly not on the topic. They also leave a
+# gap in the idempotent producer's sequence for that topic partition, which
+# fails every later send there until a new producer starts a new sequence.
+REFUSED = (*TOO_LARGE, OutOfOrderSequenceNumber)
+
+
+@dataclass(frozen=True)
+class Inflight:
+    """A send no attempt has seen answered yet."""
+
+    record: Outgoing
+    future: asyncio.Future[Any]
+    sent_at: float
+
+
+@dataclass
+class Outcome:
+    """What one attempt at a partition's unsent dead letters came to."""
+
+    sent: int = 0
+    reduced: int = 0
+    # The first failure, if any; the failed dead letters are retried.
+    error: str | None = None
+    # A failure after which a dead letter may be on the topic nonetheless.
+    unsure: bool = False
+    # The broker refused a record outright (see REFUSED).
+    refused: bool = False
+    # A send went unanswered for STUCK_S.
+    stuck: bool = False
+    # The first dead letter that does not fit the topic even reduced.
+    unfit: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is None and self.unfit is None
+
+    def failed(self, error: str, unsure: bool) -> None:
+        self.error = self.error or error
+        self.unsure = self.unsure or unsure
+
+
+def report(conditions: Conditions, tp: TP, topic: str, outcome: Outcome) -> None:
+    """Start or end the partition's conditions: each is logged once, and
+    shown by `/readyz` while it lasts (the events themselves keep flowing)."""
+    where = f"{tp[0]}[{tp[1]}]"
+    if outcome.error is None:
+        conditions.clear(f"{where} send", f"{where}: dead letters reach {topic} again")
+    else:
+        reason = (
+            f"{where}: dead letters not sent to {topic}: {outcome.error}; "
+            f"retrying every {RETRY_S:.0f} s (they are in the dead_letters table)"
+        )
+        conditions.raise_(f"{where} send", reason, logging.WARNING)
+    if outcome.unfit is None:
+        conditions.clear(f"{where} unfit", f"{where}: every dead letter fits {topic} again")
+    else:
+        conditions.raise_(f"{where} unfit", f"{where}: {outcome.unfit}")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Retrieve a send's error, so that one no attempt awaits is not logged
+    as never retrieved (e.g. when the partition was revoked meanwhile)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def unfit_reason(row: Row[Any], group_id: str, topic: str, limit: int) -> str:
+    size = reduced(row, group_id).size
+    return (
+        f"the dead letter of offset {row.offset} does not fit {topic} even reduced "
+        f"({size} bytes, the topic takes {limit}); raise the topic's max.message.bytes, "
+        f"it is retried every {RETRY_S:.0f} s"
+    )
+
+
+class DeadLetterPublisher:
+    """Sends dead letters in the background, one sender task per source
+    partition, so neither fetching nor writing ever waits on the topic."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.published = 0
+        self.reduced = 0
+        # Attempts that left some dead letter unsent, to be retried.
+        self.failed_attempts = 0
+        # An unexpected error in a sender, for the main loop to raise.
+        self.crashed: BaseException | None = None
+        self.conditions = Conditions("dead_letter_topic")
+        self._producer: AIOKafkaProducer | None = None
+        self._targets: dict[str, Target] = {}
+        self._senders: dict[TP, asyncio.Task[None]] = {}
+        self._wanted: set[TP] = set()
+        # Partitions whose leftovers from a previous owner were checked.
+        self._checked: set[TP] = set()
+        # Dead letters the broker refused whole: they go reduced next time.
+        self._reduce: set[int] = set()
+        # Sends whose answer no attempt has handled yet, by dead letter id.
+        self._inflight: dict[int, Inflight] = {}
+        # How many producers were replaced: an attempt during which one was
+        # cannot be sure what reached the topic.
+        self._renewals = 0
+
+    def request(self, tp: TP) -> None:
+        """Send `tp`'s unsent dead letters soon (also what a previous owner
+        left, the first time)."""
+        if self._producer is None:
+            return
+        self._wanted.add(tp)
+        if tp not in self._senders:
+            task = asyncio.create_task(self._send_while_wanted(tp))
+            self._senders[tp] = task
+            task.add_done_callback(functools.partial(self._sender_done, tp))
+
+    async def release(self, tp: TP, timeout_s: float) -> None:
+        """The partition is being revoked: let its sender finish (so the next
+        owner does not send the same records), or stop it at the deadline."""
+        self._wanted.discard(tp)
+        self._checked.discard(tp)
+        task = self._senders.get(tp)
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            # Gone before returning: a sender still cancelling would take the
+            # place of the one an immediate re-assignment starts.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._wanted.discard(tp)
+        # Its problems are the next owner's to report.
+        self.conditions.clear_where(f"{tp[0]}[{tp[1]}] ")
+
+    async def _send_while_wanted(self, tp: TP) -> None:
+        while tp in self._wanted:
+            self._wanted.discard(tp)
+            renewals = self._renewals
+            outcome = await self.publish_pending(tp, recovering=tp not in self._checked)
+            if outcome.unsure or self._renewals != renewals:
+                self._checked.discard(tp)
+            else:
+                self._checked.add(tp)
+            if not outcome.done:
+                self._wanted.add(tp)
+                await asyncio.sleep(RETRY_S)
+
+    def _sender_done(self, tp: TP, task: asyncio.Task[None]) -> None:
+        if self._senders.get(tp) is task:
+            del self._senders[tp]
+        if not task.cancelled() and task.exception() is not None:
+            self.crashed = task.exception()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.dead_letter_topic)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **self.settings.kafka_options(),
+            client_id=f"{self.settings.kafka_client_id()}-dlq",
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=request_bytes(self.settings.max_message_bytes),
+            # Fail a send within seconds when the topic is missing, and
+            # retry it later, rather than waiting the default 40 s.
+            request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
+        )
+
+    async def start(self) -> None:
+        if self.enabled:
+            self._producer = self._new_producer()
+            await self._producer.start()
+
+    async def stop(self) -> None:
+        for task in list(self._senders.values()):
+            task.cancel()
+        await asyncio.gather(*self._senders.values(), return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
+        self.conditions.clear_where("")
+
+    async def publish_pending(self, tp: TP, recovering: bool) -> Outcome:
+        """Send this partition's unmarked dead letters to the topic, marking
+        each once acknowledged. With `recovering`, first mark those already
+        on the topic instead of sending them. What failed is reported and
+        retried on the next call: the table already holds every dead letter,
+        so nothing waits on the topic."""
+        outcome = Outcome()
+        topic = dead_letter_topic(self.settings.dead_letter_topic, tp[0])
+        producer = self._producer
+        if topic is None or producer is None:
+            return outcome
+        try:
+            await self._attempt(producer, topic, tp, recovering, outcome)
+            if outcome.refused or outcome.stuck:
+                await self._renew(producer)
+        except (KafkaError, SQLAlchemyError, OSError) as exc:
+            outcome.failed(repr(exc), unsure=True)
+        if not outcome.done:
+            self.failed_attempts += 1
+            # The topic may have changed (created, resized, reconfigured).
+            self._targets.pop(topic, None)
+        self.published += outcome.sent
+        self.reduced += outcome.reduced
+        report(self.conditions, tp, topic, outcome)
+        return outcome
+
+    async def _attempt(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tp: TP,
+        recovering: bool,
+        outcome: Outcome,
+    ) -> None:
+        rows = await self._unmarked(tp)
+        if not rows:
+            return
+        target = await self._target(topic)
+        partition = tp[1] % target.partitions
+        if recovering:
+            found = await already_sent(self.settings, topic, partition, rows)
+            await self._mark([row.id for row in rows if row.offset in found])
+            rows = [row for row in rows if row.offset not in found]
+        group = self.settings.group_id
+        pending = []
+        for row in rows:
+            if row.id in self._inflight:  # sent before, no answer yet: not again
+                pending.append((row, self._inflight[row.id]))
+                continue
+            record = fitted(row, group, target.limit, reduce=row.id in self._reduce)
+            if record is None:
+                outcome.unfit = outcome.unfit or unfit_reason(row, group, topic, target.limit)
+                continue
+            future = await producer.send(
+                topic, record.value, key=record.key, partition=partition, headers=record.headers
+            )
+            sent = Inflight(record, future, asyncio.get_running_loop().time())
+            self._inflight[row.id] = sent
+            future.add_done_callback(_retrieved)
+            pending.append((row, sent))
+        await self._acknowledged(tp, pending, outcome)
+
+    async def _acknowledged(
+        self, tp: TP, pending: list[tuple[Row[Any], Inflight]], outcome: Outcome
+    ) -> None:
+        """Wait for each send in turn, marking what the broker acknowledged
+        before waiting for an answer still to come. A send unanswered by the
+        deadline is awaited again next time, not repeated, unless it has been
+        waiting STUCK_S: then its producer is replaced (see `_renew`)."""
+        acked: list[int] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEND_TIMEOUT_S
+        for row, sent in pending:
+            if acked and not sent.future.done():
+                await self._mark(acked)
+                acked = []
+            try:
+                left_s = max(0.0, deadline - loop.time())
+                await asyncio.wait_for(asyncio.shield(sent.future), left_s)
+            except TimeoutError:
+                stuck = loop.time() - sent.sent_at >= STUCK_S
+                outcome.stuck = outcome.stuck or stuck
+                outcome.failed(f"no answer within {SEND_TIMEOUT_S:.0f} s", unsure=stuck)
+                continue
+            except KafkaError as exc:
+                self._inflight.pop(row.id, None)
+                if isinstance(exc, TOO_LARGE):
+                    self._reduce.add(row.id)
+                outcome.refused = outcome.refused or isinstance(exc, REFUSED)
+                outcome.failed(f"{exc!r} at offset {row.offset}", not isinstance(exc, REFUSED))
+                continue
+            self._inflight.pop(row.id, None)
+            acked.append(row.id)
+            self._reduce.discard(row.id)
+            outcome.sent += 1
+            if sent.record.reduced:
+                outcome.reduced += 1
+                logger.info(
+                    "%s[%d]: dead letter of offset %d sent reduced (its %d bytes are in "
+                    "the dead_letters table)",
+                    *tp,
+                    row.offset,
+                    len(row.value or b""),
+                )
+        if acked:
+            await self._mark(acked)
+
+    async def _renew(self, used: AIOKafkaProducer) -> None:
+        """Replace a producer whose sequence has a gap (see REFUSED) or which
+        is stuck (see STUCK_S). What it still holds may reach the topic or
+        not, so every partition looks on the topic before sending again."""
+        if self._producer != used:  # (identity) another sender did already
+            return
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except KafkaError:
+            await fresh.stop()
+            raise
+        self._producer = fresh
+        self._renewals += 1
+        self._inflight.clear()
+        self._checked.clear()
+        try:
+            await asyncio.wait_for(used.stop(), SEND_TIMEOUT_S)
+        except TimeoutError:
+            await abandon(used, SEND_TIMEOUT_S)
+        except KafkaError as exc:
+            logger.debug("the replaced dead-letter producer stopped with %r", exc)
+
+    async def _unmarked(self, tp: TP) -> list[Row[Any]]:
+        c = dead_letters.c
+        query = (
+            select(dead_letters)
+            .where(
+                c.group_id == self.settings.group_id,
+                c.topic == tp[0],
+                c.partition == tp[1],
+                c.published.is_(None),
+            )
+            .order_by(c.offset)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def _mark(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(dead_letters).where(dead_letters.c.id.in_(ids)).values(published=func.now())
+            )
+
+    async def _target(self, topic: str) -> Target:
+        if topic not in self._targets:
+            assert self._producer is not None
+            self._targets[topic] = await prepare(self.settings, self._producer, topic)
+        return self._targets[topic]

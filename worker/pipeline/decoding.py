@@ -1,0 +1,137 @@
+"""Kafka records -> table rows, or a rejection saying why not. Pure, no I/O.
+
+Every record ends as exactly one of: an event row (with its resource rows), a
+duplicate of an event earlier in the same batch, or a `Rejection` bound for the
+dead-letter destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
+from worker.core.settings import Limits
+from worker.pipeline.batching import Record
+
+MAX_ERROR_CHARS = 2000
+# Columns of `events` and `event_resources` whose row values are JSON text,
+# serialised once here: writers pass them to the database as they are.
+JSON_COLUMNS = frozenset({"resource", "related_resource_ids", "related", "payload"})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    record: Record
+    error_class: str
+    error: str
+
+
+@dataclass
+class Rows:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    resources: dict[UUID, list[dict[str, Any]]] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    # The record each event came from, for a dead letter if the database
+    # rejects the event.
+    sources: dict[UUID, Record] = field(default_factory=dict)
+
+
+def decode(record: Record, limits: Limits, max_message_bytes: int) -> Event | Rejection:
+    value = record.value
+    if value is None:
+        return Rejection(record, "Tombstone", "message has no value (a tombstone)")
+    if len(value) > max_message_bytes:
+        return Rejection(
+            record,
+            "MessageTooLarge",
+            f"message is {len(value)} bytes, more than max_message_bytes={max_message_bytes}",
+        )
+    try:
+        return Event.model_validate_json(value, context=limits)
+    except ValidationError as exc:
+        invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
+        kind = "InvalidJson" if invalid_json else "InvalidEnvelope"
+        message = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        return Rejection(record, kind, message[:MAX_ERROR_CHARS])
+
+
+def received_at(record: Record) -> datetime:
+    """The message timestamp, or now when the producer set none."""
+    if record.timestamp is not None and record.timestamp >= 0:
+        return datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+    return datetime.now(UTC)
+
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def event_row(event: Event, received: datetime) -> dict[str, Any]:
+    """The `events` row: Prefect's `as_database_row()` but `recorded`, which the
+    database fills; JSON columns as JSON text (see JSON_COLUMNS)."""
+    return {
+        "id": event.id,
+        "occurred": event.occurred,
+        "event": event.event,
+        "resource_id": event.resource_id,
+        "resource": json_text(event.resource),
+        "related_resource_ids": json_text([r[RESOURCE_ID] for r in event.related]),
+        "related": json_text(event.related),
+        "payload": json_text(event.payload),
+        "received": event.received or received,
+        "follows": event.follows,
+    }
+
+
+def other_labels(labels: dict[str, str]) -> dict[str, str]:
+    """A resource row's `resource`: the labels that are not its id or role
+    (those are columns), as Prefect stores it."""
+    return {k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE}
+
+
+def resource_rows(event: Event) -> list[dict[str, Any]]:
+    """The primary resource (role "") and each distinct (role, id) related one:
+    Prefect's `as_database_resource_rows()`, but a (role, id) repeated in
+    `related` gives one row (the first), as the table's key allows."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for role, labels in [("", event.resource), *((r[RESOURCE_ROLE], r) for r in event.related)]:
+        key = (role, labels[RESOURCE_ID])
+        if key not in rows:
+            rows[key] = {
+                "event_id": event.id,
+                "resource_role": role,
+                "resource_id": labels[RESOURCE_ID],
+                "occurred": event.occurred,
+                "resource": json_text(other_labels(labels)),
+            }
+    return list(rows.values())
+
+
+def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -> Rows:
+    rows = Rows()
+    for record in records:
+        decoded = decode(record, limits, max_message_bytes)
+        if isinstance(decoded, Rejection):
+            rows.rejections.append(decoded)
+        elif decoded.id not in rows.resources:
+            try:
+                row = event_row(decoded, received_at(record))
+            except orjson.JSONEncodeError as exc:
+                # JSON that parses but cannot be stored, e.g. an integer
+                # beyond 64 bits.
+                rows.rejections.append(Rejection(record, "InvalidEnvelope", f"payload: {exc}"))
+                continue
+            rows.events.append(row)
+            rows.resources[decoded.id] = resource_rows(decoded)
+            rows.sources[decoded.id] = record
+    return rows

@@ -1,0 +1,108 @@
+"""Idempotent row inserts, one way per dialect.
+
+PostgreSQL: ONE statement for both tables. Each column arrives as an array
+and is `unnest`ed (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`); the
+events insert returns the keys (id, occurred) that were new, and a second
+data-modifying CTE inserts the resource rows of those events only. An event
+is stored once per (id, occurred): see README, "Tables". One round trip and one prepared
+statement whatever the batch size, and no limit on bind parameters. JSON
+columns arrive as JSON text (see `worker.pipeline.decoding`), so nothing is serialised
+twice.
+
+Other dialects (SQLite): SQLAlchemy's executemany, with the JSON columns bound
+as text for the same reason.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, Text, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from schemas.tables import event_resources, events
+from worker.pipeline.decoding import JSON_COLUMNS
+
+
+def _columns(table: Table) -> list[str]:
+    """The columns a row carries: those without a server default (`recorded`,
+    `created`, `updated`, resource row ids), which the database fills."""
+    return [c.name for c in table.columns if c.server_default is None]
+
+
+def _unnest_insert(table: Table, returning: str | None) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = _columns(table)
+    arrays = ", ".join(
+        f"${i}::{table.c[name].type.compile(dialect=dialect)}[]"
+        for i, name in enumerate(names, start=1)
+    )
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608 - names from the schema
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+    )
+    return f"{sql} RETURNING {returning}" if returning else sql
+
+
+def _both_tables_insert() -> str:
+    """Events, then the resource rows of the events that were new; returns
+    (new events, resource rows written)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = _columns(event_resources)
+    first = len(_columns(events)) + 1
+    arrays = ", ".join(
+        f"${i}::{event_resources.c[name].type.compile(dialect=dialect)}[]"
+        for i, name in enumerate(names, start=first)
+    )
+    # Table and column names come from the schema, values are parameters.
+    return (
+        f"WITH new AS ({_unnest_insert(events, returning='id, occurred')}), "  # noqa: S608
+        f"res AS (INSERT INTO event_resources ({', '.join(names)}) "
+        f"SELECT * FROM unnest({arrays}) AS r({', '.join(names)}) "
+        "WHERE (r.event_id, r.occurred) IN (SELECT id, occurred FROM new) "
+        "ON CONFLICT DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM res)"
+    )
+
+
+EVENTS_AND_RESOURCES_SQL = _both_tables_insert()
+EVENT_COLUMNS = _columns(events)
+RESOURCE_COLUMNS = _columns(event_resources)
+
+
+def _as_arrays(rows: list[dict[str, Any]], names: list[str]) -> tuple[list[Any], ...]:
+    return tuple([row[name] for row in rows] for name in names)
+
+
+async def insert_events_and_resources(
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
+) -> tuple[int, int]:
+    """Insert events, skipping ids already stored, and the resource rows of
+    the new ones only; returns (new events, resource rows written)."""
+    if not event_rows:
+        return 0, 0
+    if conn.dialect.name == "postgresql":
+        arrays = _as_arrays(event_rows, EVENT_COLUMNS) + _as_arrays(resources, RESOURCE_COLUMNS)
+        result = await conn.exec_driver_sql(EVENTS_AND_RESOURCES_SQL, arrays)
+        n_events, n_resources = tuple(result.one())
+        return int(n_events), int(n_resources)
+    returning = _generic_insert(events).returning(events.c.id, events.c.occurred)
+    new = {(i, _utc(o)) for i, o in (await conn.execute(returning, event_rows)).all()}
+    fresh = [r for r in resources if (r["event_id"], _utc(r["occurred"])) in new]
+    if fresh:
+        await conn.execute(_generic_insert(event_resources), fresh)
+    return len(new), len(fresh)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns timestamps without their zone; they are stored in UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _generic_insert(table: Table) -> Any:
+    json_text = {
+        name: bindparam(name, type_=Text) for name in _columns(table) if name in JSON_COLUMNS
+    }
+    return sqlite.insert(table).values(json_text).on_conflict_do_nothing()

@@ -1,0 +1,300 @@
+"""Writes batches and offsets to the database. One transaction per batch:
+
+1. advance the partition's row in `consumer_offsets`, fenced on the offset
+   this worker last saw (a stale owner gets `FenceError` and writes nothing);
+2. insert events, skipping ids already stored;
+3. insert resource rows for the events that were new;
+4. insert dead letters, skipping ones already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Table,
+    and_,
+    delete,
+    event,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from schemas.tables import consumer_offsets, dead_letters
+from worker.core.errors import ErrorKind, classify, describe
+from worker.pipeline.decoding import Rejection, Rows, received_at
+from worker.pipeline.inserts import insert_events_and_resources
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class FenceError(Exception):
+    """The stored offset is not the one this worker last saw: another worker
+    owns the partition now (or did in between)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    events: int
+    resources: int
+    dead_letters: int
+    # Savepoints tried to isolate rows the database rejected (0 normally).
+    isolation_attempts: int = 0
+    # The offset and error class of each message of the batch that was
+    # dead-lettered.
+    rejected: tuple[tuple[int, str], ...] = ()
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def create_engine(
+    database_url: str, pool_size: int, idle_in_transaction_s: float | None = None
+) -> AsyncEngine:
+    """An engine for the worker. `idle_in_transaction_s` (PostgreSQL) has the
+    server abort a transaction whose client went quiet that long, e.g. a
+    process paused mid-transaction: it can then never commit late."""
+    if database_url.startswith("sqlite"):
+        engine = create_async_engine(
+            database_url,
+            json_serializer=_json,
+            # SQLite has one writer at a time: others wait for it, not fail.
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_wal)
+        return engine
+    server_settings = {}
+    if idle_in_transaction_s is not None:
+        timeout_ms = str(int(idle_in_transaction_s * 1000))
+        server_settings["idle_in_transaction_session_timeout"] = timeout_ms
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        json_serializer=_json,
+        json_deserializer=orjson.loads,
+        connect_args={"server_settings": server_settings},
+    )
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    # Readers (status, tests) never block the writer, nor it them.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+async def load_offsets(
+    conn: AsyncConnection, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    wanted = list(partitions)
+    if not wanted:
+        return {}
+    c = consumer_offsets.c
+    rows = await conn.execute(
+        select(c.topic, c.partition, c.next_offset).where(
+            c.group_id == group_id, tuple_(c.topic, c.partition).in_(wanted)
+        )
+    )
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+async def advance_offset(
+    conn: AsyncConnection,
+    group_id: str,
+    tp: TopicPartition,
+    expected: int | None,
+    next_offset: int,
+) -> None:
+    """Move the stored offset from `expected` to `next_offset`, or raise FenceError.
+
+    The row lock taken here serialises two writers of one partition; the
+    second re-checks the condition after the first commits and fails it.
+    """
+    c = consumer_offsets.c
+    key = and_(c.group_id == group_id, c.topic == tp[0], c.partition == tp[1])
+    if expected is None:
+        stmt = (
+            dialect_insert(conn, consumer_offsets)
+            .values(group_id=group_id, topic=tp[0], partition=tp[1], next_offset=next_offset)
+            .on_conflict_do_nothing()
+        )
+    else:
+        stmt = (
+            update(consumer_offsets)
+            .where(key, c.next_offset == expected)
+            .values(next_offset=next_offset, updated=func.now())
+        )
+    result = await conn.execute(stmt)
+    if result.rowcount != 1:
+        raise FenceError(
+            f"{tp[0]}[{tp[1]}]: stored offset is no longer {expected}; another worker owns it"
+        )
+
+
+async def insert_rows(
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows
+) -> tuple[int, int]:
+    """Insert events idempotently, and resource rows for the new ones only."""
+    resources = [r for row in event_rows for r in rows.resources[row["id"]]]
+    return await insert_events_and_resources(conn, event_rows, resources)
+
+
+@dataclass
+class Isolation:
+    """Finds the events the database rejects by halving: each attempt runs in
+    a savepoint, a half that fails is split again, and when the left half of a
+    failed range succeeds the right half is split without trying it whole."""
+
+    conn: AsyncConnection
+    rows: Rows
+    attempts: int = 0
+    events: int = 0
+    resources: int = 0
+
+    async def run(self, part: list[dict[str, Any]], known_bad: bool = False) -> list[Rejection]:
+        if not part:
+            return []
+        if not known_bad or len(part) == 1:
+            self.attempts += 1
+            try:
+                async with self.conn.begin_nested():
+                    n_events, n_resources = await insert_rows(self.conn, part, self.rows)
+            except StatementError as exc:
+                if classify(exc) is not ErrorKind.DATA:
+                    raise
+                if len(part) == 1:
+                    source = self.rows.sources[part[0]["id"]]
+                    return [Rejection(source, *describe(exc))]
+            else:
+                self.events += n_events
+                self.resources += n_resources
+                return []
+        middle = len(part) // 2
+        rejected = await self.run(part[:middle])
+        return rejected + await self.run(part[middle:], known_bad=not rejected)
+
+
+async def insert_dead_letters(
+    conn: AsyncConnection, group_id: str, rejections: Sequence[Rejection]
+) -> int:
+    if not rejections:
+        return 0
+    values = [
+        {
+            "group_id": group_id,
+            "topic": r.record.topic,
+            "partition": r.record.partition,
+            "offset": r.record.offset,
+            "timestamp": received_at(r.record) if r.record.timestamp is not None else None,
+            "key": r.record.key,
+            "value": r.record.value,
+            "error_class": r.error_class,
+            "error": r.error,
+        }
+        for r in rejections
+    ]
+    stmt = dialect_insert(conn, dead_letters).on_conflict_do_nothing().returning(dead_letters.c.id)
+    return len((await conn.execute(stmt, values)).scalars().all())
+
+
+def batch_delete_statement(
+    dialect: str,
+    model: Table,
+    condition: ColumnElement[bool],
+    batch_size: int,
+    order_by: ColumnElement[Any] | None = None,
+) -> Delete:
+    """One batch of `batch_delete`: rows chosen through a LIMIT subquery by
+    physical row id (PostgreSQL's ctid, SQLite's rowid), so the delete itself
+    is a TID scan rather than a join over the table; with `order_by` (an
+    indexed column such as `occurred`) the subquery is an index range scan
+    from the oldest row. A ctid is only unique within one table, so on a
+    partitioned table the row id is (tableoid, ctid); the trimmer deletes
+    from one partition at a time instead."""
+    ids: list[ColumnElement[Any]] = [literal_column("ctid" if dialect == "postgresql" else "rowid")]
+    if dialect == "postgresql" and model.dialect_options["postgresql"].get("partition_by"):
+        ids.insert(0, literal_column("tableoid"))
+    chosen = select(*ids).select_from(model).where(condition).limit(batch_size)
+    if order_by is not None:
+        chosen = chosen.order_by(order_by)
+    row_id = ids[0] if len(ids) == 1 else tuple_(*ids)
+    return delete(model).where(row_id.in_(chosen))
+
+
+async def batch_delete(
+    session: AsyncSession,
+    model: Table,
+    condition: ColumnElement[bool],
+    batch_size: int = 10_000,
+    order_by: ColumnElement[Any] | None = None,
+) -> int:
+    """Delete the rows of `model` matching `condition`, at most `batch_size` at
+    a time, one transaction each, until none is left; returns how many. No
+    statement holds locks on, or runs as long as, the whole range would."""
+    dialect = session.get_bind().dialect.name
+    stmt = batch_delete_statement(dialect, model, condition, batch_size, order_by)
+    total = 0
+    while True:
+        result = await session.execute(stmt)
+        await session.commit()
+        deleted = int(result.rowcount)  # type: ignore[attr-defined]
+        total += deleted
+        logger.debug("deleted %d rows from %s", deleted, model.name)
+        if deleted < batch_size:
+            return total
+
+
+async def write_batch(
+    engine: AsyncEngine,
+    group_id: str,
+    tp: TopicPartition,
+    expected: int | None,
+    next_offset: int,
+    rows: Rows,
+    isolate: bool = False,
+) -> Written:
+    """One transaction: fenced offset, events, resources, dead letters.
+
+    With `isolate` (after a plain attempt failed with a data error), events
+    the database rejects are found by halving and become dead letters;
+    without it such an error is raised.
+    """
+    async with engine.begin() as conn:
+        await advance_offset(conn, group_id, tp, expected, next_offset)
+        if isolate:
+            isolation = Isolation(conn, rows)
+            rejected = await isolation.run(rows.events, known_bad=True)
+            n_events, n_resources = isolation.events, isolation.resources
+        else:
+            rejected = []
+            n_events, n_resources = await insert_rows(conn, rows.events, rows)
+        letters = [*rows.rejections, *rejected]
+        n_dead = await insert_dead_letters(conn, group_id, letters)
+    attempts = isolation.attempts if isolate else 0
+    classes = tuple((r.record.offset, r.error_class) for r in letters)
+    return Written(n_events, n_resources, n_dead, attempts, classes)
