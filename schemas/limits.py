@@ -19,7 +19,7 @@ character is 1 to 4 of them). The entries of `schemas.tables` that hold text:
   index: a group id (a setting) and a topic name (Kafka allows 249 ASCII
   characters).
 
-`tests/unit/test_limits.py` checks every index of the tables against these
+`tests/unit/schemas/test_limits.py` checks every index of the tables against these
 bounds; the integration tests store values of exactly these sizes, made of
 4-byte characters, in PostgreSQL.
 """

@@ -1,5 +1,5 @@
 """Data migrations on PostgreSQL, whose SQL differs from SQLite's (see
-tests/unit/test_migrations.py for the schema checks and the SQLite runs).
+tests/unit/schemas/test_migrations.py for the schema checks and the SQLite runs).
 
 The test moves the session's database down to an older revision and back up
 to head, so every later test still finds the schema at head.
