@@ -46,6 +46,17 @@ def test_services_and_replicas(compose: dict[str, Any]) -> None:
     assert services["worker"]["command"] == ["run"]
 
 
+def test_only_the_producer_runs_the_development_tools(compose: dict[str, Any]) -> None:
+    # The package leaves worker/devtools out; the `tools` stage runs the CLI
+    # from the source tree, where `persister produce` finds the load generator.
+    services = compose["services"]
+    assert services["migrate"]["build"]["target"] == "worker"
+    assert services["producer"]["build"]["target"] == "tools"
+    assert services["producer"]["command"][0] == "produce"
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    assert "FROM worker AS tools\nENV PYTHONPATH=/app\n" in dockerfile
+
+
 def test_health_checks_gate_the_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("kafka", "postgres", "worker"):

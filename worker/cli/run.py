@@ -1,5 +1,8 @@
 """Commands that run things: the services, migrations, trimming, the local
-stack and the load generator."""
+stack and the load generator.
+
+The last two are development tools (`worker.devtools`), imported by their
+commands only: the runtime never loads them."""
 
 from __future__ import annotations
 
@@ -28,7 +31,6 @@ from worker.core.client_logs import collapse_client_logs, sweep_forever
 from worker.core.codecs import CodecError, check_codecs
 from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
-from worker.devtools import loadgen, stack
 from worker.services import time_partitions
 from worker.services.framework import Service
 from worker.services.retention import trim
@@ -146,6 +148,8 @@ Brokers = Annotated[
 @stack_app.command("up")
 def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
     """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
+    from worker.devtools import stack
+
     where = state_dir or stack.default_state_dir()
     info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers)
     typer.echo(info.exports(), nl=False)
@@ -154,6 +158,8 @@ def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
 @stack_app.command("down")
 def stack_down(state_dir: StateDir = None) -> None:
     """Stop the local stack and delete its data."""
+    from worker.devtools import stack
+
     if not stack.stack_down(state_dir or stack.default_state_dir()):
         typer.echo("no local stack was running")
 
@@ -171,6 +177,8 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
 ) -> None:
     """Send realistic events (and optionally bad messages) to a topic."""
+    from worker.devtools import loadgen
+
     settings = setup("WARNING")
     name = topic or settings.topics[0]
 
