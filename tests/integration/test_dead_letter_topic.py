@@ -234,7 +234,8 @@ async def test_one_the_topic_refuses_whole_goes_reduced_and_holds_back_none(
         (
             "WARNING",
             f"{topic}[0]: dead letters not sent to {topic}.dlq: MessageSizeTooLargeError() "
-            "at offset 2; retrying every 5 s (they are in the dead_letters table)",
+            "at offset 2; retrying with a jittered backoff of up to 5 s "
+            "(they are in the dead_letters table)",
         ),
         ("INFO", f"{topic}[0]: dead letters reach {topic}.dlq again"),
     ]
@@ -271,7 +272,8 @@ async def test_one_that_fits_not_even_reduced_is_reported_and_holds_back_none(
         assert len(unfit) == 1, problems
         assert f"does not fit {topic}.dlq even reduced" in unfit[0]
         assert unfit[0].endswith(
-            "the topic takes 1000); raise the topic's max.message.bytes, it is retried every 5 s"
+            "the topic takes 1000); raise the topic's max.message.bytes, "
+            "it is retried with a jittered backoff of up to 5 s"
         )
 
         await set_limit(stack_info, f"{topic}.dlq", 1_000_000)
@@ -328,7 +330,9 @@ async def test_a_topic_that_cannot_be_created_is_reported_once_and_events_flow(
     assert lines[0][1].startswith(
         f"{topic}[0]: dead letters not sent to {topic}/dlq: InvalidTopicError("
     )
-    assert lines[0][1].endswith("; retrying every 5 s (they are in the dead_letters table)")
+    assert lines[0][1].endswith(
+        "; retrying with a jittered backoff of up to 5 s (they are in the dead_letters table)"
+    )
 
 
 def dlq_replay(letter_id: int, info: StackInfo, **env: str) -> tuple[int, str, str]:

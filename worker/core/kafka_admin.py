@@ -17,23 +17,28 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
+from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 
 # How long a retriable error (no group coordinator yet, a leader moving) is
 # retried before it is the command's failure.
 RETRY_FOR_S = 10.0
+RETRY_BASE_S = 0.25
+RETRY_CAP_S = 2.0
 T = TypeVar("T")
 
 
 async def retrying(call: Callable[[], Awaitable[T]]) -> T:
     deadline = time.monotonic() + RETRY_FOR_S
+    failures = 0
     while True:
         try:
             return await call()
         except KafkaError as exc:
             if not exc.retriable or time.monotonic() > deadline:
                 raise
-        await asyncio.sleep(0.5)
+        failures += 1
+        await asyncio.sleep(backoff_s(failures, RETRY_BASE_S, RETRY_CAP_S))
 
 
 # What the topics the worker and its commands create get on a cluster.

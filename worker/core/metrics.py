@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from worker import __version__
+from worker.core.topic_partition import TP
 
 registry = CollectorRegistry()
 # RSS, CPU seconds, open file descriptors, start time; the Python version.
@@ -189,7 +190,7 @@ class Readiness:
     # Monotonic time since which some partition holds records it has not
     # been able to write; None while every buffer drains normally.
     stuck_since: float | None = None
-    partitions: set[tuple[str, int]] = field(default_factory=set)
+    partitions: set[TP] = field(default_factory=set)
     # Conditions that make this replica unready while they last (see
     # `worker.core.conditions`), by key: the reason `/readyz` shows.
     conditions: dict[str, str] = field(default_factory=dict)

@@ -26,6 +26,8 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from worker.core.topic_partition import TP
+
 
 class Record(Protocol):
     """What the batching and decoding need of a Kafka record (aiokafka's
@@ -83,7 +85,7 @@ class Accumulator:
 
     def __init__(self, triggers: Triggers) -> None:
         self.triggers = triggers
-        self._buffers: dict[tuple[str, int], PartitionBuffer] = {}
+        self._buffers: dict[TP, PartitionBuffer] = {}
         self._nbytes = 0
 
     @property
@@ -91,21 +93,21 @@ class Accumulator:
         """Key and value bytes held across all partitions."""
         return self._nbytes
 
-    def buffered(self, tp: tuple[str, int]) -> int:
+    def buffered(self, tp: TP) -> int:
         buffer = self._buffers.get(tp)
         return len(buffer.records) if buffer else 0
 
-    def partitions(self) -> list[tuple[str, int]]:
+    def partitions(self) -> list[TP]:
         """Partitions with records to write or an offset to store."""
         return [tp for tp, b in self._buffers.items() if b.records or b.advance_pending]
 
-    def reset(self, tp: tuple[str, int], position: int | None) -> None:
+    def reset(self, tp: TP, position: int | None) -> None:
         """Forget what is buffered; accept records from `position` on, the
         offset stored for the partition."""
         self.forget(tp)
         self._buffers[tp] = PartitionBuffer(position=position, base=position)
 
-    def rewind(self, tp: tuple[str, int], position: int, now: float) -> None:
+    def rewind(self, tp: TP, position: int, now: float) -> None:
         """Forget what is buffered and accept records from `position` on,
         keeping the stored offset: the next batch moves it to wherever the
         records now start (a topic recreated under the worker)."""
@@ -115,19 +117,19 @@ class Accumulator:
         if buffer.advance_pending:
             buffer.since = now
 
-    def position(self, tp: tuple[str, int]) -> int | None:
+    def position(self, tp: TP) -> int | None:
         """The next offset this partition accepts (None: not known yet)."""
         buffer = self._buffers.get(tp)
         return buffer.position if buffer else None
 
-    def forget(self, tp: tuple[str, int]) -> None:
+    def forget(self, tp: TP) -> None:
         buffer = self._buffers.pop(tp, None)
         if buffer is not None:
             self._nbytes -= buffer.nbytes
 
     def add(
         self,
-        tp: tuple[str, int],
+        tp: TP,
         records: Iterable[Record],
         now: float,
         fetched_to: int | None = None,
@@ -157,7 +159,7 @@ class Accumulator:
             buffer.since = now
         return added
 
-    def is_due(self, tp: tuple[str, int], now: float) -> bool:
+    def is_due(self, tp: TP, now: float) -> bool:
         buffer = self._buffers.get(tp)
         if buffer is None or not (buffer.records or buffer.advance_pending):
             return False
@@ -169,15 +171,15 @@ class Accumulator:
             or (buffer.since is not None and now - buffer.since >= t.flush_every_s)
         )
 
-    def has_work(self, tp: tuple[str, int]) -> bool:
+    def has_work(self, tp: TP) -> bool:
         """Records to write, or an offset to store."""
         buffer = self._buffers.get(tp)
         return buffer is not None and bool(buffer.records or buffer.advance_pending)
 
-    def due(self, now: float) -> list[tuple[str, int]]:
+    def due(self, now: float) -> list[TP]:
         return [tp for tp in self._buffers if self.is_due(tp, now)]
 
-    def next_due_in(self, now: float, exclude: Container[tuple[str, int]] = ()) -> float | None:
+    def next_due_in(self, now: float, exclude: Container[TP] = ()) -> float | None:
         """Seconds until the oldest buffered record makes its partition due
         (partitions in `exclude`, e.g. being flushed already, left out)."""
         waits = [
@@ -187,7 +189,7 @@ class Accumulator:
         ]
         return min(waits, default=None)
 
-    def peek(self, tp: tuple[str, int]) -> list[Record]:
+    def peek(self, tp: TP) -> list[Record]:
         """The next batch: at most `batch_size` records and `max_batch_bytes`
         (but always at least one record, however large)."""
         buffer = self._buffers.get(tp)
@@ -206,7 +208,7 @@ class Accumulator:
             nbytes += size
         return batch
 
-    def next_offset(self, tp: tuple[str, int], batch: list[Record]) -> int | None:
+    def next_offset(self, tp: TP, batch: list[Record]) -> int | None:
         """The offset to store after writing `batch` (from `peek`, with no
         await in between): past its last record, or the position when it
         takes every record buffered (markers and skipped batches after the
@@ -218,14 +220,14 @@ class Accumulator:
             return buffer.position
         return batch[-1].offset + 1 if batch else None
 
-    def generation(self, tp: tuple[str, int]) -> object:
+    def generation(self, tp: TP) -> object:
         """Changes when the buffer is reset or rewound: a batch peeked before
         that is not in the buffer any more."""
         return self._buffers.get(tp)
 
     def consume(
         self,
-        tp: tuple[str, int],
+        tp: TP,
         count: int,
         stored: int | None = None,
         generation: object = None,

@@ -10,9 +10,10 @@ from collections.abc import Container
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core import metrics
+from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator
 from worker.pipeline.controls import ControlWatcher
-from worker.pipeline.partitions import TP, Owned
+from worker.pipeline.partitions import Owned
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.tables import partition_controls
-from worker.pipeline.partitions import TP
+from worker.core.topic_partition import TP
 from worker.pipeline.storage import dialect_insert
 
 logger = logging.getLogger(__name__)

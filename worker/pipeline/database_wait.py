@@ -12,9 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.conditions import Conditions
+from worker.core.retry import backoff_s
 from worker.pipeline.partitions import RETRY_CAP_S
 
 CHECK_TIMEOUT_S = 5.0
+# 1 s, 2 s, ... up to 30 s between checks, jittered.
+BASE_S = 0.5
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -42,7 +45,7 @@ async def wait_for_database(engine: AsyncEngine, stopping: asyncio.Event) -> boo
                 logging.WARNING,
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), min(RETRY_CAP_S, 0.5 * 2**failures))
+                await asyncio.wait_for(stopping.wait(), backoff_s(failures, BASE_S, RETRY_CAP_S))
             continue
         conditions.clear("start", "the database answers; joining the consumer group")
         return True

@@ -36,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
 from worker.core.conditions import Conditions
+from worker.core.retry import backoff_s
 from worker.core.settings import Settings
+from worker.core.topic_partition import TP
 from worker.pipeline.dead_letter_records import (
     Outgoing,
     dead_letter_topic,
@@ -48,9 +50,10 @@ from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, pre
 
 logger = logging.getLogger(__name__)
 
-TP = tuple[str, int]
 SEND_TIMEOUT_S = 10.0
-RETRY_S = 5.0
+# Sending again what failed: jittered, 1 s, 2 s, 4 s, then up to 5 s.
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 5.0
 # A send unanswered this long means its producer is stuck (an idempotent
 # producer retries without end): it is replaced, and what it held is looked
 # for on the topic before being sent again.
@@ -107,7 +110,8 @@ def report(conditions: Conditions, tp: TP, topic: str, outcome: Outcome) -> None
     else:
         reason = (
             f"{where}: dead letters not sent to {topic}: {outcome.error}; "
-            f"retrying every {RETRY_S:.0f} s (they are in the dead_letters table)"
+            f"retrying with a jittered backoff of up to {RETRY_CAP_S:.0f} s "
+            "(they are in the dead_letters table)"
         )
         conditions.raise_(f"{where} send", reason, logging.WARNING)
     if outcome.unfit is None:
@@ -128,7 +132,7 @@ def unfit_reason(row: Row[Any], group_id: str, topic: str, limit: int) -> str:
     return (
         f"the dead letter of offset {row.offset} does not fit {topic} even reduced "
         f"({size} bytes, the topic takes {limit}); raise the topic's max.message.bytes, "
-        f"it is retried every {RETRY_S:.0f} s"
+        f"it is retried with a jittered backoff of up to {RETRY_CAP_S:.0f} s"
     )
 
 
@@ -189,6 +193,7 @@ class DeadLetterPublisher:
         self.conditions.clear_where(f"{tp[0]}[{tp[1]}] ")
 
     async def _send_while_wanted(self, tp: TP) -> None:
+        failures = 0
         while tp in self._wanted:
             self._wanted.discard(tp)
             renewals = self._renewals
@@ -199,7 +204,10 @@ class DeadLetterPublisher:
                 self._checked.add(tp)
             if not outcome.done:
                 self._wanted.add(tp)
-                await asyncio.sleep(RETRY_S)
+                failures += 1
+                await asyncio.sleep(backoff_s(failures, RETRY_BASE_S, RETRY_CAP_S))
+            else:
+                failures = 0
 
     def _sender_done(self, tp: TP, task: asyncio.Task[None]) -> None:
         if self._senders.get(tp) is task:

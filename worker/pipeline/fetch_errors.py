@@ -28,7 +28,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-TP = tuple[str, int]
+from worker.core.topic_partition import TP
 
 
 class FetchErrorKind(Enum):

@@ -36,9 +36,10 @@ from aiokafka.errors import KafkaError
 from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.core.settings import Settings
+from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record
 from worker.pipeline.fetch_errors import FetchErrorKind, describe, kind_of, named_partitions
-from worker.pipeline.partitions import TP, Owned
+from worker.pipeline.partitions import Owned
 
 logger = logging.getLogger(__name__)
 

@@ -1,20 +1,16 @@
-"""What a worker keeps per assigned partition, and its retry policy. No I/O."""
+"""What a worker keeps per assigned partition, and the base and cap of its
+write retries (`worker.core.retry`). No I/O."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]
+from worker.core.topic_partition import TP
+
 RETRY_BASE_S = 0.2
 RETRY_CAP_S = 30.0
-
-
-def backoff_s(failures: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    return random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** min(failures, 16)))
 
 
 @dataclass

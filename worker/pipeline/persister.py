@@ -22,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core import metrics
 from worker.core.conditions import Conditions
+from worker.core.retry import backoff_s
 from worker.core.settings import Settings
+from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record, Triggers
 from worker.pipeline.control_follower import ControlFollower
 from worker.pipeline.dead_letter_sender import DeadLetterPublisher
 from worker.pipeline.fetching import Fetching, new_consumer, seek_stored
 from worker.pipeline.missing_topics import MissingTopics
-from worker.pipeline.partitions import RETRY_CAP_S, TP, Owned, Stats, backoff_s, fields, names
+from worker.pipeline.partitions import RETRY_BASE_S, RETRY_CAP_S, Owned, Stats, fields, names
 from worker.pipeline.progress import Progress, report_write
 from worker.pipeline.storage import FenceError, load_offsets
 from worker.pipeline.writer import BatchWriter
@@ -36,6 +38,8 @@ from worker.pipeline.writer import BatchWriter
 logger = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT_S = 5.0
+# Joining while the brokers are unreachable: 2 s, 4 s, ... up to 30 s, jittered.
+CONNECT_BASE_S = 1.0
 KAFKA_COMMIT_EVERY_S = 1.0
 
 
@@ -92,7 +96,7 @@ class Persister:
                 return True
             except KafkaError as exc:
                 failures += 1
-                delay_s = min(RETRY_CAP_S, 2.0**failures)
+                delay_s = backoff_s(failures, CONNECT_BASE_S, RETRY_CAP_S)
                 self.connecting.raise_(
                     "start", f"cannot consume yet: {exc!r}; retrying", logging.WARNING
                 )
@@ -308,7 +312,7 @@ class Persister:
         state.failures += 1
         if state.failing_since is None:
             state.failing_since = time.monotonic()
-        delay_s = backoff_s(state.failures)
+        delay_s = backoff_s(state.failures, RETRY_BASE_S, RETRY_CAP_S)
         state.retry_at = time.monotonic() + delay_s
         logger.warning(
             "%s[%d]: %s failed (attempt %d, retry in %.1fs): %s: %s",

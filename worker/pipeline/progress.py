@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.core import metrics
+from worker.core.topic_partition import TP
 from worker.pipeline.batching import Record
 from worker.pipeline.fetching import log_end
-from worker.pipeline.partitions import TP, Owned, fields
+from worker.pipeline.partitions import Owned, fields
 from worker.pipeline.storage import Written
 
 logger = logging.getLogger(__name__)

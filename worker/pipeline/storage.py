@@ -34,12 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from schemas.tables import consumer_offsets, dead_letters
 from worker.core.errors import ErrorKind, classify, describe
+from worker.core.topic_partition import TP
 from worker.pipeline.decoding import Rejection, Rows, received_at
 from worker.pipeline.inserts import insert_events_and_resources
 
 logger = logging.getLogger(__name__)
-
-TopicPartition = tuple[str, int]
 
 
 class FenceError(Exception):
@@ -109,8 +108,8 @@ def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
 
 
 async def load_offsets(
-    conn: AsyncConnection, group_id: str, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, int]:
+    conn: AsyncConnection, group_id: str, partitions: Iterable[TP]
+) -> dict[TP, int]:
     wanted = list(partitions)
     if not wanted:
         return {}
@@ -126,7 +125,7 @@ async def load_offsets(
 async def advance_offset(
     conn: AsyncConnection,
     group_id: str,
-    tp: TopicPartition,
+    tp: TP,
     expected: int | None,
     next_offset: int,
 ) -> None:
@@ -272,7 +271,7 @@ async def batch_delete(
 async def write_batch(
     engine: AsyncEngine,
     group_id: str,
-    tp: TopicPartition,
+    tp: TP,
     expected: int | None,
     next_offset: int,
     rows: Rows,

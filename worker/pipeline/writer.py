@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.errors import ErrorKind, classify, describe
 from worker.core.settings import Settings
+from worker.core.topic_partition import TP
 from worker.pipeline.batching import Record
 from worker.pipeline.decoding import Rows, to_rows
 from worker.pipeline.partitions import fields
 from worker.pipeline.storage import Written, write_batch
 
 logger = logging.getLogger(__name__)
-
-TP = tuple[str, int]
 
 
 class BatchWriter:

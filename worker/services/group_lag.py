@@ -20,10 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.core.kafka_admin import KafkaView
+from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 from worker.operate.status import gather
 
 logger = logging.getLogger(__name__)
+# After a failure: 2 s, 4 s, ... up to the publishing interval, jittered.
+RETRY_BASE_S = 1.0
 
 
 async def publish(view: KafkaView, engine: AsyncEngine, settings: Settings, lease: str) -> int:
@@ -42,19 +45,25 @@ async def publish_while_leading(
     """Until cancelled."""
     every_s = settings.lease_ttl.total_seconds() / 3
     problems = Conditions("group_lag", unready=False)
+    failures = 0
     while True:
+        wait_s = every_s
         if leading():
             try:
                 async with KafkaView.open(settings) as view:
                     while leading():
                         await asyncio.wait_for(publish(view, engine, settings, lease), every_s * 3)
                         problems.clear("publish", "the group's lag is published again")
+                        failures = 0
                         await asyncio.sleep(every_s)
             except (KafkaError, SQLAlchemyError, OSError, TimeoutError) as exc:
+                failures += 1
+                wait_s = backoff_s(failures, RETRY_BASE_S, every_s)
                 problems.raise_(
                     "publish",
-                    f"the group's lag is not published: {exc!r}; retrying every {every_s:.0f} s",
+                    f"the group's lag is not published: {exc!r}; retrying with a jittered "
+                    f"backoff of up to {every_s:.0f} s",
                     logging.WARNING,
                 )
         metrics.group_lag.clear()
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(wait_s)

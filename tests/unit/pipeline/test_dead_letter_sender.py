@@ -108,7 +108,7 @@ class Outbox(DeadLetterPublisher):
 async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value_s in (("SEND_TIMEOUT_S", 0.05), ("STUCK_S", 0.1), ("RETRY_S", 0.01)):
+    for name, value_s in (("SEND_TIMEOUT_S", 0.05), ("STUCK_S", 0.1), ("RETRY_CAP_S", 0.01)):
         monkeypatch.setattr(dead_letter_sender, name, value_s)
     stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
     publisher = Outbox([stuck, fresh])

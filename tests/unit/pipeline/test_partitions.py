@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.pipeline.partitions import RETRY_CAP_S, Owned, backoff_s, names
+from worker.core.retry import backoff_s
+from worker.pipeline.partitions import RETRY_BASE_S, RETRY_CAP_S, Owned, names
 
 
 def ready() -> Owned:
@@ -37,9 +38,9 @@ def test_over_the_global_bound_only_partitions_holding_data_pause() -> None:
 
 
 @pytest.mark.parametrize("failures", [1, 2, 5, 10, 50])
-def test_backoff_is_jittered_below_an_exponential_cap(failures: int) -> None:
+def test_write_retries_are_jittered_below_an_exponential_cap(failures: int) -> None:
     cap = min(RETRY_CAP_S, 0.2 * 2**failures)
-    delays = [backoff_s(failures) for _ in range(200)]
+    delays = [backoff_s(failures, RETRY_BASE_S, RETRY_CAP_S) for _ in range(200)]
     assert all(0 <= d <= cap for d in delays)
     assert len(set(delays)) > 100  # jittered, not one fixed delay
 
