@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
-from schemas.events import RESOURCE_ID, RESOURCE_ROLE
+from schemas.events import Event
 from worker.devtools.loadgen import encode, make_event
-from worker.pipeline.decoding import json_text, other_labels
+from worker.pipeline.decoding import event_row, resource_rows
 from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
 
 SEED = 20_260_101
@@ -63,54 +63,28 @@ class CopyChunk:
         return len(self.events)
 
 
-def event_record(event: dict[str, Any], received: datetime) -> Row:
-    related: list[dict[str, str]] = event["related"]
-    row = {
-        "id": UUID(event["id"]),
-        # fromisoformat gives a plain datetime in datetime.UTC: asyncpg's COPY
-        # is about 3x slower with a datetime subclass (what pydantic returns).
-        "occurred": datetime.fromisoformat(event["occurred"]),
-        "event": event["event"],
-        "resource_id": event["resource"][RESOURCE_ID],
-        "resource": json_text(event["resource"]),
-        "related_resource_ids": json_text([r[RESOURCE_ID] for r in related]),
-        "related": json_text(related),
-        "payload": json_text(event["payload"]),
-        "received": received,
-        "follows": UUID(event["follows"]) if event.get("follows") else None,
-    }
-    return tuple(row[name] for name in EVENT_COLUMNS)
-
-
-def resource_records(event: dict[str, Any], event_id: UUID, occurred: datetime) -> list[Row]:
-    """As `worker.pipeline.decoding.resource_rows`: role "" for the primary resource."""
-    labelled = [("", event["resource"]), *((r[RESOURCE_ROLE], r) for r in event["related"])]
-    rows: dict[tuple[str, str], Row] = {}
-    for role, labels in labelled:
-        row = {
-            "event_id": event_id,
-            "resource_role": role,
-            "resource_id": labels[RESOURCE_ID],
-            "occurred": occurred,
-            "resource": json_text(other_labels(labels)),
-        }
-        rows.setdefault((role, labels[RESOURCE_ID]), tuple(row[n] for n in RESOURCE_COLUMNS))
-    return list(rows.values())
+def records(event: dict[str, Any], received: datetime) -> tuple[Row, list[Row]]:
+    """The worker's rows for `event` (`worker.pipeline.decoding`), as COPY
+    takes them: values in the tables' column order."""
+    valid = Event.model_validate(event)
+    row = event_row(valid, received)
+    resources = resource_rows(valid)
+    return tuple(row[n] for n in EVENT_COLUMNS), [
+        tuple(r[n] for n in RESOURCE_COLUMNS) for r in resources
+    ]
 
 
 def copy_chunks(
     events: Sequence[dict[str, Any]], received: datetime, chunk_events: int
 ) -> list[CopyChunk]:
     """The rows of `events`, in transactions of `chunk_events` events."""
-    id_at = EVENT_COLUMNS.index("id")
-    occurred_at = EVENT_COLUMNS.index("occurred")
     chunks = []
     for start in range(0, len(events), chunk_events):
         chunk = CopyChunk([], [])
         for event in events[start : start + chunk_events]:
-            row = event_record(event, received)
+            row, resources = records(event, received)
             chunk.events.append(row)
-            chunk.resources.extend(resource_records(event, row[id_at], row[occurred_at]))
+            chunk.resources.extend(resources)
         chunks.append(chunk)
     return chunks
 

@@ -19,12 +19,12 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
+from schemas.events import Event
 from schemas.tables import event_resources, events
 from worker.devtools.bench import db
 from worker.devtools.bench.results import NAIVE, Check, Phase
 from worker.devtools.bench.server import ServerCpu
-from worker.pipeline.decoding import other_labels
+from worker.pipeline.decoding import event_row, resource_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +37,15 @@ class NaiveRun:
     resource_rows: int
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
 def _rows(event: Event, timestamp_ms: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    row = {
-        "id": event.id,
-        "occurred": event.occurred,
-        "event": event.event,
-        "resource_id": event.resource_id,
-        "resource": event.resource,
-        "related_resource_ids": [r[RESOURCE_ID] for r in event.related],
-        "related": event.related,
-        "payload": event.payload,
-        "received": event.received or datetime.fromtimestamp(timestamp_ms / 1000, UTC),
-        "follows": event.follows,
-    }
-    labelled = [("", event.resource), *((r[RESOURCE_ROLE], r) for r in event.related)]
-    resources = [
-        {
-            "event_id": event.id,
-            "resource_role": role,
-            "resource_id": labels[RESOURCE_ID],
-            "occurred": event.occurred,
-            "resource": other_labels(labels),
-        }
-        for role, labels in labelled
-    ]
-    return row, resources
+    """The worker's rows, but with the JSON columns as objects: SQLAlchemy
+    serialises them, as in Prefect's persister."""
+    received = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    return event_row(event, received, _as_is), resource_rows(event, _as_is)
 
 
 async def run(
