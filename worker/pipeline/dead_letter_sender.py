@@ -51,9 +51,7 @@ from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, pre
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
-# Sending again what failed: jittered, 1 s, 2 s, 4 s, then up to 5 s.
-RETRY_BASE_S = 0.5
-RETRY_CAP_S = 5.0
+RETRY_BASE_S, RETRY_CAP_S = 0.5, 5.0  # waits up to 1 s, 2 s, 4 s, then 5 s
 # A send unanswered this long means its producer is stuck (an idempotent
 # producer retries without end): it is replaced, and what it held is looked
 # for on the topic before being sent again.
@@ -202,12 +200,10 @@ class DeadLetterPublisher:
                 self._checked.discard(tp)
             else:
                 self._checked.add(tp)
+            failures = 0 if outcome.done else failures + 1
             if not outcome.done:
                 self._wanted.add(tp)
-                failures += 1
                 await asyncio.sleep(backoff_s(failures, RETRY_BASE_S, RETRY_CAP_S))
-            else:
-                failures = 0
 
     def _sender_done(self, tp: TP, task: asyncio.Task[None]) -> None:
         if self._senders.get(tp) is task:

@@ -21,6 +21,13 @@ Timestamp = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    _events()
+    _event_resources()
+    _consumer_offsets()
+    _dead_letters()
+
+
+def _events() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -40,6 +47,8 @@ def upgrade() -> None:
     op.create_index("ix_events__event_occurred", "events", ["event", "occurred"])
     op.create_index("ix_events__resource_id_occurred", "events", ["resource_id", "occurred"])
 
+
+def _event_resources() -> None:
     op.create_table(
         "event_resources",
         sa.Column("event_id", sa.Uuid(), nullable=False),
@@ -58,6 +67,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_event_resources__occurred", "event_resources", ["occurred"])
 
+
+def _consumer_offsets() -> None:
     op.create_table(
         "consumer_offsets",
         sa.Column("group_id", sa.Text(), nullable=False),
@@ -68,6 +79,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("group_id", "topic", "partition", name="pk_consumer_offsets"),
     )
 
+
+def _dead_letters() -> None:
     op.create_table(
         "dead_letters",
         sa.Column(
