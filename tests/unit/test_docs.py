@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -24,3 +26,75 @@ def test_every_setting_is_in_the_readme_table() -> None:
     expected |= {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}
     expected |= {service.environment_variable_name() for service in Service.all_services()}
     assert documented_variables() == expected
+
+
+ARCHITECTURE = Path(__file__).parents[2] / "docs" / "architecture.md"
+
+
+def _defines(path: Path, name: str) -> bool:
+    """`path` defines `name` (a function or class) or `Class.method`."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for part in name.split("."):
+        found = [
+            node
+            for node in scope
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.name == part
+        ]
+        if not found:
+            return False
+        scope = found[0].body
+    return True
+
+
+def test_every_module_path_in_the_architecture_exists() -> None:
+    root = ARCHITECTURE.parents[1]
+    paths = set(re.findall(r"\bworker/[\w/]*[\w.]+", ARCHITECTURE.read_text()))
+    assert len(paths) > 10
+    assert sorted(p for p in paths if not (root / p).exists()) == []
+
+
+def test_every_dotted_name_in_the_architecture_exists() -> None:
+    names = set(re.findall(r"\bworker(?:\.\w+)+", ARCHITECTURE.read_text()))
+    assert names
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        # The longest prefix that is a module; the rest are names in it.
+        for cut in range(len(parts), 0, -1):
+            try:
+                module = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            target: object = module
+            for attribute in parts[cut:]:
+                target = getattr(target, attribute, None)
+            if target is None:
+                missing.append(name)
+            break
+    assert missing == []
+
+
+def test_the_path_of_one_event_names_real_functions() -> None:
+    root = ARCHITECTURE.parents[1]
+    diagram = ARCHITECTURE.read_text().split("```")[1]
+    steps = re.findall(r"^[ |v]*([A-Za-z_][\w.]*)\b.*?\s(worker/\S+\.py)$", diagram, re.MULTILINE)
+    assert len(steps) >= 6
+    assert [(n, p) for n, p in steps if not _defines(root / p, n)] == []
+
+
+def test_the_package_table_names_existing_modules() -> None:
+    root = ARCHITECTURE.parents[1]
+    rows = re.findall(r"^\| `(worker/\w+/)` \| (.+) \|$", ARCHITECTURE.read_text(), re.MULTILINE)
+    assert len(rows) == 6
+    missing = []
+    for package, owns in rows:
+        for name in re.findall(r"`(\w+)`", owns):
+            module = root / package / f"{name}.py"
+            if not module.exists() and not _defines_any(root / package, name):
+                missing.append(f"{package}{name}")
+    assert missing == []
+
+
+def _defines_any(package: Path, name: str) -> bool:
+    return any(_defines(path, name) for path in package.rglob("*.py"))

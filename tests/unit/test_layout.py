@@ -1,9 +1,11 @@
 """The folders tell the architecture: dependencies between the worker's
-packages run one way, and the runtime never loads the development tools."""
+packages run one way (the order docs/architecture.md states), and the
+runtime never loads the development tools."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,3 +125,10 @@ def test_the_command_line_starts_without_the_development_tools() -> None:
         "assert not [m for m in sys.modules if m.startswith('worker.devtools.')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_architecture_document_states_the_enforced_order() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    stated = re.search(r"^Dependency order: (.+)$", text, flags=re.MULTILINE)
+    assert stated is not None
+    assert [name.strip(" `.") for name in stated.group(1).split("<")] == ORDER
