@@ -7,10 +7,12 @@ commands only: the runtime never loads them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +28,7 @@ from worker.cli.common import (
     setup,
     with_engine,
 )
-from worker.cli.failures import DatabaseFailure
+from worker.cli.failures import EXIT_REFUSED, DatabaseFailure, Failure
 from worker.core.client_logs import collapse_client_logs, sweep_forever
 from worker.core.codecs import CodecError, check_codecs
 from worker.core.kafka_admin import create_topic
@@ -135,6 +137,18 @@ def trim_command(
         typer.echo(f"dropped {trimmed.partitions} expired partitions of both tables")
 
 
+@contextlib.contextmanager
+def development_tool(command: str) -> Iterator[None]:
+    """Around the import of a development tool, which the package leaves out."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("worker.devtools"):
+            raise
+        line = f"`persister {command}` is a development tool: run it from a source checkout"
+        raise Failure(EXIT_REFUSED, line) from None
+
+
 StateDir = Annotated[
     Path | None, typer.Option(help="Where the stack keeps its data and pid files.")
 ]
@@ -148,7 +162,8 @@ Brokers = Annotated[
 @stack_app.command("up")
 def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
     """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
-    from worker.devtools import stack
+    with development_tool("stack up"):
+        from worker.devtools import stack
 
     where = state_dir or stack.default_state_dir()
     info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers)
@@ -158,7 +173,8 @@ def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
 @stack_app.command("down")
 def stack_down(state_dir: StateDir = None) -> None:
     """Stop the local stack and delete its data."""
-    from worker.devtools import stack
+    with development_tool("stack down"):
+        from worker.devtools import stack
 
     if not stack.stack_down(state_dir or stack.default_state_dir()):
         typer.echo("no local stack was running")
@@ -177,7 +193,8 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed, for repeatable data.")] = 0,
 ) -> None:
     """Send realistic events (and optionally bad messages) to a topic."""
-    from worker.devtools import loadgen
+    with development_tool("produce"):
+        from worker.devtools import loadgen
 
     settings = setup("WARNING")
     name = topic or settings.topics[0]

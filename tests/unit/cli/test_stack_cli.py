@@ -4,13 +4,15 @@ of another size is refused before anything starts."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli import app, run_app
+from worker.cli.common import state
 from worker.devtools import stack
 
 
@@ -35,3 +37,17 @@ def test_a_recorded_stack_of_another_size_is_refused(tmp_path: Path) -> None:
     (tmp_path / "stack.json").write_text(json.dumps(saved))
     with pytest.raises(stack.StackError, match="has 1 broker"):
         stack.stack_up(tmp_path, None, brokers=3)
+
+
+@pytest.mark.parametrize("args", [["stack", "up"], ["stack", "down"], ["produce"]])
+def test_without_the_development_tools_their_commands_say_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    # As installed from the package, which leaves worker/devtools out.
+    monkeypatch.setitem(sys.modules, "worker.devtools", None)
+    monkeypatch.setattr(state, "json_logs", False)  # plain lines on stderr
+    assert run_app(args) == 3
+    command = " ".join(args)
+    assert capsys.readouterr().err == (
+        f"`persister {command}` is a development tool: run it from a source checkout\n"
+    )
