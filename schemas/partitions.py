@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-PARTITIONED = ("event_resources", "events")
+# In the order the worker's insert locks them: DDL that takes them in another
+# order can deadlock with a batch being written.
+PARTITIONED = ("events", "event_resources")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -134,7 +134,7 @@ async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | Non
         if partition.range.end > cutoff:
             break
         twins = [p.name for p in by_table["event_resources"] if p.range == partition.range]
-        if not await _drop(engine, [*twins, partition.name], lease):
+        if not await _drop(engine, [partition.name, *twins], lease):
             logger.info("no longer leading: dropping partitions stopped")
             break
         dropped.append(partition.name)

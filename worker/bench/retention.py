@@ -107,8 +107,7 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
         off = {"PERSISTER_SERVICES__RETENTION_TRIMMER__ENABLED": "false"}
         worker = Replicas(info, [TOPIC], f"bench-ret-{uuid.uuid4().hex[:8]}", log_dir, off)
         # As in production, the partitions ahead exist long before a day
-        # expires, and before the worker writes: creating one while it
-        # writes can deadlock with its insert (see docs/performance.md).
+        # expires, so the measured trim only drops and deletes.
         await time_partitions.ensure_for(engine, Settings(retention=RETENTION), datetime.now(UTC))
         async with db.connect(url) as conn, db.connect(url) as sampler:
             size_before = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
