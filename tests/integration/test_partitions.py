@@ -168,6 +168,48 @@ async def test_a_drop_is_fenced_by_the_lease_epoch(
     assert expired > 0
 
 
+async def tables_like(engine: AsyncEngine, pattern: str) -> list[str]:
+    query = text("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE :p")
+    async with engine.connect() as conn:
+        return sorted(str(n) for n in (await conn.execute(query, {"p": pattern})).scalars())
+
+
+async def test_a_partition_left_detached_by_a_stopped_trim_is_dropped_by_the_next(
+    engine: AsyncEngine,
+) -> None:
+    await ensure(engine, NOW - 12 * DAY, NOW, DAY)
+    await store(engine, timedelta(days=10), 100)
+    await store(engine, timedelta(days=9), 100)
+    kept = await store(engine, timedelta(days=3), 50)
+    leader = await acquire(engine, "retention", "a", timedelta(seconds=30))
+    assert leader is not None
+    stopped, archived = day_name("events", NOW - 10 * DAY), day_name("events", NOW - 9 * DAY)
+    async with engine.begin() as conn:
+        # A trim that stopped between its detach and its drop...
+        for table, name in (("events", stopped), ("event_resources", _twin(stopped))):
+            await conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
+            await conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {name}_expired")
+        # ...and a day an operator detached to archive it.
+        for table, name in (("events", archived), ("event_resources", _twin(archived))):
+            await conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
+    assert len(await tables_like(engine, "%\\_expired")) == 2
+
+    try:
+        dropped = await drop_expired(engine, NOW - 7 * DAY, leader)
+        assert stopped not in dropped and archived not in dropped
+        assert await tables_like(engine, "%\\_expired") == []
+        assert await tables_like(engine, archived) == [archived]
+    finally:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {archived}, {_twin(archived)}")
+    assert await count(engine, events) == 50
+    assert await count(engine, event_resources) == kept
+
+
+def _twin(name: str) -> str:
+    return name.replace("events_", "event_resources_", 1)
+
+
 async def store_at(engine: AsyncEngine, occurred: datetime, n: int) -> int:
     """n events that occurred then; returns their resource rows."""
     return (await write(engine, events_at(*[occurred] * n)))[1] if n else 0
