@@ -55,6 +55,9 @@ RETRY_S = 5.0
 # producer retries without end): it is replaced, and what it held is looked
 # for on the topic before being sent again.
 STUCK_S = 3 * SEND_TIMEOUT_S
+# Whatever an attempt waits on (metadata, the topic scan, a new producer),
+# it ends by then, is reported, and is retried.
+ATTEMPT_TIMEOUT_S = 60.0
 # The broker refused the record for its size: next time it goes reduced.
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # After these the record is certainly not on the topic. They also leave a
@@ -248,11 +251,17 @@ class DeadLetterPublisher:
         if topic is None or producer is None:
             return outcome
         try:
-            await self._attempt(producer, topic, tp, recovering, outcome)
-            if outcome.refused or outcome.stuck:
-                await self._renew(producer)
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._attempt(producer, topic, tp, recovering, outcome)
+        except TimeoutError:
+            outcome.failed(f"an attempt took over {ATTEMPT_TIMEOUT_S:.0f} s", unsure=True)
+            outcome.stuck = True
         except (KafkaError, SQLAlchemyError, OSError) as exc:
             outcome.failed(repr(exc), unsure=True)
+            # E.g. raised by send() once the producer's sender died of it.
+            outcome.refused = outcome.refused or isinstance(exc, REFUSED)
+        if outcome.refused or outcome.stuck:
+            await self._replace(producer, outcome)
         if not outcome.done:
             self.failed_attempts += 1
             # The topic may have changed (created, resized, reconfigured).
@@ -343,6 +352,13 @@ class DeadLetterPublisher:
         if acked:
             await self._mark(acked)
 
+    async def _replace(self, used: AIOKafkaProducer, outcome: Outcome) -> None:
+        try:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._renew(used)
+        except (KafkaError, TimeoutError) as exc:
+            outcome.failed(f"no new producer: {exc!r}", unsure=True)
+
     async def _renew(self, used: AIOKafkaProducer) -> None:
         """Replace a producer whose sequence has a gap (see REFUSED) or which
         is stuck (see STUCK_S). What it still holds may reach the topic or
@@ -352,7 +368,7 @@ class DeadLetterPublisher:
         fresh = self._new_producer()
         try:
             await fresh.start()
-        except KafkaError:
+        except BaseException:  # cancelled at the deadline too
             await fresh.stop()
             raise
         self._producer = fresh

@@ -5,6 +5,7 @@ a producer whose sends are never answered."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -136,3 +137,44 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
 
 def _record(row: Any) -> Any:
     return SimpleNamespace(value=row.value, key=b"k", headers=[], reduced=False, size=10)
+
+
+class Hanging(Outbox):
+    """The first attempt's database read never returns."""
+
+    def __init__(self, producers: list[FakeProducer]) -> None:
+        super().__init__(producers)
+        self.reads = 0
+
+    async def _unmarked(self, tp: tuple[str, int]) -> list[Row[Any]]:
+        self.reads += 1
+        if self.reads == 1:
+            await asyncio.Event().wait()
+        return await super()._unmarked(tp)
+
+
+async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value_s in (("ATTEMPT_TIMEOUT_S", 0.1), ("SEND_TIMEOUT_S", 0.05), ("RETRY_S", 0.01)):
+        monkeypatch.setattr(deadletter, name, value_s)
+    first, fresh = FakeProducer(answers=True), FakeProducer(answers=True)
+    publisher = Hanging([first, fresh])
+    monkeypatch.setattr(deadletter, "already_sent", _nothing_sent)
+    monkeypatch.setattr(deadletter, "fitted", lambda row, *_a, **_k: _record(row))
+    caplog.set_level(logging.INFO, logger="worker.conditions")
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+
+    assert publisher.rows == []
+    assert (len(first.sent), len(fresh.sent)) == (0, 1), "sent once, by a new producer"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "events[3]: dead letters not sent to events.dlq: an attempt took over 0 s; "
+        "retrying every 0 s (they are in the dead_letters table)",
+        "events[3]: dead letters reach events.dlq again",
+    ]
+
+
+async def _nothing_sent(*_: Any) -> set[int]:
+    return set()
