@@ -169,7 +169,10 @@ class DeadLetterPublisher:
         if self._producer is None:
             return
         self._wanted.add(tp)
-        if tp not in self._senders:
+        sender = self._senders.get(tp)
+        # A sender that has just finished is still listed until its done
+        # callback runs; it would never see this request.
+        if sender is None or sender.done():
             task = asyncio.create_task(self._send_while_wanted(tp))
             self._senders[tp] = task
             task.add_done_callback(functools.partial(self._sender_done, tp))

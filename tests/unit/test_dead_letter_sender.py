@@ -55,6 +55,31 @@ async def test_a_partition_taken_again_at_once_gets_a_sender_again() -> None:
     assert publisher.crashed is None
 
 
+class Quick(DeadLetterPublisher):
+    """Each attempt returns at once; counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(Settings(), cast(AsyncEngine, None))
+        self._producer = SimpleNamespace()
+        self.attempts = 0
+
+    async def publish_pending(self, tp: tuple[str, int], recovering: bool) -> Outcome:
+        self.attempts += 1
+        return Outcome()
+
+
+async def test_a_request_as_the_sender_finishes_gets_a_sender() -> None:
+    publisher = Quick()
+    publisher.request(TP)
+    await asyncio.sleep(0)
+    # The sender is done, but its done callback has not run yet.
+    assert publisher._senders[TP].done()
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+    await asyncio.sleep(0)
+    assert publisher.attempts == 2
+
+
 class FakeProducer:
     """Answers every send at once (`answers`), or never, and then never stops."""
 
