@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-PARTITIONED = ("event_resources", "events")
+# In the order the worker's insert locks them: DDL that takes them in another
+# order can deadlock with a batch being written.
+PARTITIONED = ("events", "event_resources")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -72,12 +74,16 @@ def partition_name(table: str, r: Range) -> str:
     return f"{table}_p{start:%Y%m%d_%H%M}"
 
 
-PARTITION_NAME = re.compile(r"^(events|event_resources)_(p\d{8}_\d{4}|default)$")
+PARTITION_NAME = re.compile(r"^(events|event_resources)_(p\d{8}_\d{4}(_expired)?|default)$")
 
 
 def is_partition(name: str) -> bool:
     """A partition's name (not a table of the schema's own)."""
     return PARTITION_NAME.match(name) is not None
+
+
+# A partition detached because it expired, waiting to be dropped.
+EXPIRED_SUFFIX = "_expired"
 
 
 def default_name(table: str) -> str:
@@ -111,4 +117,14 @@ CROSS JOIN LATERAL regexp_match(
     pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS m
 WHERE i.inhparent = CAST(:parent AS regclass) AND m IS NOT NULL
 ORDER BY 2
+"""
+
+# Tables of the schema named as expired partitions, attached to no table.
+EXPIRED_SQL = r"""
+SELECT c.relname
+FROM pg_class c
+WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+  AND c.relname ~ '^(events|event_resources)_p[0-9]{8}_[0-9]{4}_expired$'
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
+ORDER BY 1
 """

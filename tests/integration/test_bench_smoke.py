@@ -14,6 +14,7 @@ from worker.devtools.bench.results import (
     NAIVE,
     PREVIOUS_COPY,
     WORKER_1,
+    WORKER_1_FIXED,
     WORKER_2,
     WRITE_CEILING,
     at_size,
@@ -51,7 +52,8 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     measured = {m["name"]: m for m in result["measurements"]}
     at = at_size(PRELOAD)
     assert set(measured) == {
-        *(CONSUME_CEILING, PREVIOUS_COPY, WRITE_CEILING, NAIVE, WORKER_1, WORKER_2),
+        *(CONSUME_CEILING, PREVIOUS_COPY, WRITE_CEILING, NAIVE, WORKER_1, WORKER_1_FIXED),
+        WORKER_2,
         *(PREVIOUS_COPY + at, WRITE_CEILING + at, WORKER_1 + at),
     }
     for name, measurement in measured.items():
@@ -66,19 +68,21 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     )
     # Small enough that the naive baseline finishes within its time budget.
     assert measured[NAIVE]["events"] == EVENTS
-    for name, replicas in ((WORKER_1, 1), (WORKER_2, 2), (WORKER_1 + at, 1)):
+    for name, replicas in ((WORKER_1, 1), (WORKER_1_FIXED, 1), (WORKER_2, 2), (WORKER_1 + at, 1)):
         assert measured[name]["events"] == EVENTS
         assert len(measured[name]["peak_rss_mib_per_replica"]) == replicas
         assert all(rss > 0 for rss in measured[name]["peak_rss_mib_per_replica"])
         assert measured[name]["cpu_s_per_10k_events"] > 0
 
     assert all(ratio > 0 for ratio in result["ratios"].values()), result["ratios"]
-    assert len(result["ratios"]) == 10
+    assert len(result["ratios"]) == 11
     # Every target of the storage work is reported, met or not.
-    assert len(result["targets"]) == 9, result["targets"]
+    assert len(result["targets"]) == 10, result["targets"]
     assert all(isinstance(target["met"], bool) for target in result["targets"])
     latencies = result["latency"]
-    assert len(latencies) == 3
+    # Full load from record timestamp and from worker start, and 20% load;
+    # with the caught-up flush and with fixed batches.
+    assert len(latencies) == 6
     assert all(lat["rows"] > 0 and 0 < lat["p50_ms"] <= lat["p99_ms"] for lat in latencies)
     costs = result["index_costs"]
     assert costs[0]["config"] == "all indexes"

@@ -4,6 +4,7 @@ lease's fence."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,9 +13,9 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.partitions import floor
+from schemas.partitions import Range, floor
 from schemas.tables import event_resources, events
-from tests.integration.support import count, settings_for
+from tests.integration.support import count, settings_for, wait_until
 from tests.integration.test_retention import store
 from tests.records import msgs
 from worker.core.leader import acquire, release
@@ -84,6 +85,41 @@ async def test_partitions_ahead_and_a_default_for_any_other_date(
     assert sum((await placed(engine, "event_resources")).values()) == resources
 
 
+async def test_a_partition_created_while_a_batch_is_written_waits_for_it(
+    engine: AsyncEngine,
+) -> None:
+    """The DDL takes the tables in the insert's order, so it queues behind a
+    batch being written instead of deadlocking with it."""
+    day = floor(datetime(2080, 1, 1, tzinfo=UTC), DAY)
+    async with engine.connect() as writer:
+        await writer.begin()
+        # What the insert takes first: `events`, for the whole transaction.
+        await writer.exec_driver_sql("LOCK TABLE events IN ROW EXCLUSIVE MODE")
+        creating = asyncio.create_task(ensure(engine, day, day + DAY, DAY))
+        await wait_until(lambda: _waiting_on(engine, "events"), 10, "DDL waiting for events")
+        rows = to_rows(msgs([orjson.dumps(e) for e in events_at(NOW)]), Limits(), 10**6)
+        resources = [r for e in rows.events for r in rows.resources[e["id"]]]
+        # Then `event_resources`: free, so the batch goes through.
+        assert await insert_events_and_resources(writer, rows.events, resources) == (
+            1,
+            len(resources),
+        )
+        await writer.commit()
+    assert await asyncio.wait_for(creating, 10) == 1
+    async with engine.connect() as conn:
+        for table in ("events", "event_resources"):
+            assert Range(day, day + DAY) in [p.range for p in await partitions(conn, table)]
+    assert await count(engine, events) == 1
+
+
+async def _waiting_on(engine: AsyncEngine, table: str) -> bool:
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query, {"t": table})).scalar_one()) > 0
+
+
 async def test_the_same_id_and_occurred_is_stored_once(any_engine: AsyncEngine) -> None:
     [event] = events_at(NOW)
     first = await write(any_engine, [event])
@@ -130,6 +166,48 @@ async def test_a_drop_is_fenced_by_the_lease_epoch(
     assert await count(engine, events) == 200
     assert await count(engine, event_resources) == kept
     assert expired > 0
+
+
+async def tables_like(engine: AsyncEngine, pattern: str) -> list[str]:
+    query = text("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE :p")
+    async with engine.connect() as conn:
+        return sorted(str(n) for n in (await conn.execute(query, {"p": pattern})).scalars())
+
+
+async def test_a_partition_left_detached_by_a_stopped_trim_is_dropped_by_the_next(
+    engine: AsyncEngine,
+) -> None:
+    await ensure(engine, NOW - 12 * DAY, NOW, DAY)
+    await store(engine, timedelta(days=10), 100)
+    await store(engine, timedelta(days=9), 100)
+    kept = await store(engine, timedelta(days=3), 50)
+    leader = await acquire(engine, "retention", "a", timedelta(seconds=30))
+    assert leader is not None
+    stopped, archived = day_name("events", NOW - 10 * DAY), day_name("events", NOW - 9 * DAY)
+    async with engine.begin() as conn:
+        # A trim that stopped between its detach and its drop...
+        for table, name in (("events", stopped), ("event_resources", _twin(stopped))):
+            await conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
+            await conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {name}_expired")
+        # ...and a day an operator detached to archive it.
+        for table, name in (("events", archived), ("event_resources", _twin(archived))):
+            await conn.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
+    assert len(await tables_like(engine, "%\\_expired")) == 2
+
+    try:
+        dropped = await drop_expired(engine, NOW - 7 * DAY, leader)
+        assert stopped not in dropped and archived not in dropped
+        assert await tables_like(engine, "%\\_expired") == []
+        assert await tables_like(engine, archived) == [archived]
+    finally:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {archived}, {_twin(archived)}")
+    assert await count(engine, events) == 50
+    assert await count(engine, event_resources) == kept
+
+
+def _twin(name: str) -> str:
+    return name.replace("events_", "event_resources_", 1)
 
 
 async def store_at(engine: AsyncEngine, occurred: datetime, n: int) -> int:

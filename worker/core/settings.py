@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_buffered_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     flush_every_s: float = Field(0.5, gt=0, le=60)
+    # False: fixed batches (size, bytes or age only), for comparison.
+    flush_when_caught_up: bool = True
     max_message_bytes: int = Field(1_572_864, ge=1024)
     max_related: int = Field(100, ge=0)
     max_labels: int = Field(500, ge=1)

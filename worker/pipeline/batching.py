@@ -2,7 +2,8 @@
 
 A partition's buffer holds fetched records in offset order. It is *due* when
 the consumer has caught up with the partition (the last fetch reached the end
-of its log: waiting would only add latency), or it holds `batch_size`
+of its log: waiting would only add latency; `when_caught_up`, on by default),
+or it holds `batch_size`
 records, or `max_batch_bytes`, or its oldest record has waited
 `flush_every_s`. Batches so grow with the load: while one is written, what
 arrives meanwhile queues up and goes in the next; with a backlog, the fetches
@@ -78,6 +79,7 @@ class Triggers:
     batch_size: int
     max_batch_bytes: int
     flush_every_s: float
+    when_caught_up: bool = True
 
 
 class Accumulator:
@@ -165,7 +167,7 @@ class Accumulator:
             return False
         t = self.triggers
         return (
-            buffer.caught_up
+            (t.when_caught_up and buffer.caught_up)
             or len(buffer.records) >= t.batch_size
             or buffer.nbytes >= t.max_batch_bytes
             or (buffer.since is not None and now - buffer.since >= t.flush_every_s)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -39,23 +38,27 @@ from worker.core.conditions import Conditions
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 from worker.core.topic_partition import TP
-from worker.pipeline.dead_letter_records import (
-    Outgoing,
-    dead_letter_topic,
-    fitted,
-    reduced,
-    request_bytes,
+from worker.pipeline.dead_letter_outcome import (
+    RETRY_BASE_S,
+    RETRY_CAP_S,
+    Inflight,
+    Outcome,
+    report,
+    unfit_reason,
 )
+from worker.pipeline.dead_letter_records import dead_letter_topic, fitted, request_bytes
 from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, prepare
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
-RETRY_BASE_S, RETRY_CAP_S = 0.5, 5.0  # waits up to 1 s, 2 s, 4 s, then 5 s
 # A send unanswered this long means its producer is stuck (an idempotent
 # producer retries without end): it is replaced, and what it held is looked
 # for on the topic before being sent again.
 STUCK_S = 3 * SEND_TIMEOUT_S
+# Whatever an attempt waits on (metadata, the topic scan, a new producer),
+# it ends by then, is reported, and is retried.
+ATTEMPT_TIMEOUT_S = 60.0
 # The broker refused the record for its size: next time it goes reduced.
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # After these the record is certainly not on the topic. They also leave a
@@ -64,74 +67,11 @@ TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 REFUSED = (*TOO_LARGE, OutOfOrderSequenceNumber)
 
 
-@dataclass(frozen=True)
-class Inflight:
-    """A send no attempt has seen answered yet."""
-
-    record: Outgoing
-    future: asyncio.Future[Any]
-    sent_at: float
-
-
-@dataclass
-class Outcome:
-    """What one attempt at a partition's unsent dead letters came to."""
-
-    sent: int = 0
-    reduced: int = 0
-    # The first failure, if any; the failed dead letters are retried.
-    error: str | None = None
-    # A failure after which a dead letter may be on the topic nonetheless.
-    unsure: bool = False
-    # The broker refused a record outright (see REFUSED).
-    refused: bool = False
-    # A send went unanswered for STUCK_S.
-    stuck: bool = False
-    # The first dead letter that does not fit the topic even reduced.
-    unfit: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.error is None and self.unfit is None
-
-    def failed(self, error: str, unsure: bool) -> None:
-        self.error = self.error or error
-        self.unsure = self.unsure or unsure
-
-
-def report(conditions: Conditions, tp: TP, topic: str, outcome: Outcome) -> None:
-    """Start or end the partition's conditions: each is logged once, and
-    shown by `/readyz` while it lasts (the events themselves keep flowing)."""
-    where = f"{tp[0]}[{tp[1]}]"
-    if outcome.error is None:
-        conditions.clear(f"{where} send", f"{where}: dead letters reach {topic} again")
-    else:
-        reason = (
-            f"{where}: dead letters not sent to {topic}: {outcome.error}; "
-            f"retrying with a jittered backoff of up to {RETRY_CAP_S:.0f} s "
-            "(they are in the dead_letters table)"
-        )
-        conditions.raise_(f"{where} send", reason, logging.WARNING)
-    if outcome.unfit is None:
-        conditions.clear(f"{where} unfit", f"{where}: every dead letter fits {topic} again")
-    else:
-        conditions.raise_(f"{where} unfit", f"{where}: {outcome.unfit}")
-
-
 def _retrieved(future: asyncio.Future[Any]) -> None:
     """Retrieve a send's error, so that one no attempt awaits is not logged
     as never retrieved (e.g. when the partition was revoked meanwhile)."""
     if not future.cancelled():
         future.exception()
-
-
-def unfit_reason(row: Row[Any], group_id: str, topic: str, limit: int) -> str:
-    size = reduced(row, group_id).size
-    return (
-        f"the dead letter of offset {row.offset} does not fit {topic} even reduced "
-        f"({size} bytes, the topic takes {limit}); raise the topic's max.message.bytes, "
-        f"it is retried with a jittered backoff of up to {RETRY_CAP_S:.0f} s"
-    )
 
 
 class DeadLetterPublisher:
@@ -168,7 +108,10 @@ class DeadLetterPublisher:
         if self._producer is None:
             return
         self._wanted.add(tp)
-        if tp not in self._senders:
+        sender = self._senders.get(tp)
+        # A sender that has just finished is still listed until its done
+        # callback runs; it would never see this request.
+        if sender is None or sender.done():
             task = asyncio.create_task(self._send_while_wanted(tp))
             self._senders[tp] = task
             task.add_done_callback(functools.partial(self._sender_done, tp))
@@ -252,11 +195,17 @@ class DeadLetterPublisher:
         if topic is None or producer is None:
             return outcome
         try:
-            await self._attempt(producer, topic, tp, recovering, outcome)
-            if outcome.refused or outcome.stuck:
-                await self._renew(producer)
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._attempt(producer, topic, tp, recovering, outcome)
+        except TimeoutError:
+            outcome.failed(f"an attempt took over {ATTEMPT_TIMEOUT_S:.0f} s", unsure=True)
+            outcome.stuck = True
         except (KafkaError, SQLAlchemyError, OSError) as exc:
             outcome.failed(repr(exc), unsure=True)
+            # E.g. raised by send() once the producer's sender died of it.
+            outcome.refused = outcome.refused or isinstance(exc, REFUSED)
+        if outcome.refused or outcome.stuck:
+            await self._replace(producer, outcome)
         if not outcome.done:
             self.failed_attempts += 1
             # The topic may have changed (created, resized, reconfigured).
@@ -347,6 +296,13 @@ class DeadLetterPublisher:
         if acked:
             await self._mark(acked)
 
+    async def _replace(self, used: AIOKafkaProducer, outcome: Outcome) -> None:
+        try:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._renew(used)
+        except (KafkaError, TimeoutError) as exc:
+            outcome.failed(f"no new producer: {exc!r}", unsure=True)
+
     async def _renew(self, used: AIOKafkaProducer) -> None:
         """Replace a producer whose sequence has a gap (see REFUSED) or which
         is stuck (see STUCK_S). What it still holds may reach the topic or
@@ -356,7 +312,7 @@ class DeadLetterPublisher:
         fresh = self._new_producer()
         try:
             await fresh.start()
-        except KafkaError:
+        except BaseException:  # cancelled at the deadline too
             await fresh.stop()
             raise
         self._producer = fresh

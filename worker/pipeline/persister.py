@@ -71,7 +71,12 @@ class Persister:
         self._committed_at = 0.0
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
-            Triggers(settings.batch_size, settings.max_batch_bytes, settings.flush_every_s)
+            Triggers(
+                settings.batch_size,
+                settings.max_batch_bytes,
+                settings.flush_every_s,
+                settings.flush_when_caught_up,
+            )
         )
         self.consumer = self._new_consumer()
         self.connecting = Conditions("kafka")

@@ -1,21 +1,25 @@
 """Creating time partitions ahead and dropping expired ones (PostgreSQL; see
 `schemas.partitions` for the ranges and the DEFAULT partition's rule).
 
-Dropping is fenced like the trimmer's deletes: one transaction per partition
-locks the lease row with the lease's holder, epoch and expiry as its
-condition, then detaches and drops the partition of both tables. A holder
-that lost the lease finds no row and drops nothing; while the row is locked,
-no other replica can take the lease, and a holder paused mid-transaction has
-it rolled back by the server (`idle_in_transaction_session_timeout`, half
-the lease TTL) before the lease can pass on. `DETACH ... CONCURRENTLY` would
-not block writers at all, but cannot run inside a transaction, so it cannot
-be fenced; the plain DETACH needs the parent's lock only for a catalog
-change, and `lock_timeout` bounds how long writers can queue behind it.
+Dropping is fenced like the trimmer's deletes, in two transactions per
+partition, each of which first locks the lease row with the lease's holder,
+epoch and expiry as its condition: the first detaches the partition of both
+tables and renames it `..._expired`, the second drops it. A holder that lost
+the lease finds no row and does nothing; while the row is locked, no other
+replica can take the lease, and a holder paused mid-transaction has it
+rolled back by the server (`idle_in_transaction_session_timeout`, half the
+lease TTL) before the lease can pass on. Only the detach takes the parent's
+lock, for a catalog change (writers queue behind it; `lock_timeout` bounds
+the wait); dropping the files holds nobody up. A table left `..._expired` by
+a trim that stopped in between is dropped by the next. `DETACH ...
+CONCURRENTLY` would not block writers at all, but PostgreSQL refuses it on a
+table with a DEFAULT partition, and it cannot run inside a transaction.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +28,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.partitions import (
+    EXPIRED_SQL,
+    EXPIRED_SUFFIX,
     PARTITIONED,
     PARTITIONS_SQL,
     Range,
@@ -126,34 +132,64 @@ async def _create(engine: AsyncEngine, r: Range) -> bool:
 
 async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | None) -> list[str]:
     """Detach and drop the partitions (of both tables) that end at or before
-    `cutoff`, while `lease` is held; returns the events partitions dropped."""
+    `cutoff`, while `lease` is held; returns the events partitions dropped.
+    Each is detached in one short transaction (the only step that holds
+    writers up) and dropped in the next; one left detached by a trim that
+    stopped in between is dropped first."""
     async with engine.connect() as conn:
         by_table = {t: await partitions(conn, t) for t in PARTITIONED}
+        leftovers = [str(name) for name in (await conn.execute(text(EXPIRED_SQL))).scalars()]
+    if leftovers and not await _fenced(engine, lease, [_drop_sql(n) for n in leftovers]):
+        return []
     dropped = []
     for partition in by_table["events"]:
         if partition.range.end > cutoff:
             break
         twins = [p.name for p in by_table["event_resources"] if p.range == partition.range]
-        if not await _drop(engine, [*twins, partition.name], lease):
+        names = [partition.name, *twins]
+        started = time.monotonic()
+        detached = await _fenced(engine, lease, [sql for n in names for sql in _detach_sql(n)])
+        detach_s = time.monotonic() - started
+        if not detached or not await _fenced(
+            engine, lease, [_drop_sql(name + EXPIRED_SUFFIX) for name in names]
+        ):
             logger.info("no longer leading: dropping partitions stopped")
             break
         dropped.append(partition.name)
-    for name in dropped:
-        logger.info("dropped expired partition %s (and its event_resources twin)", name)
+        logger.info(
+            "dropped expired partition %s and its event_resources twin "
+            "(detached in %.3f s, files removed in %.3f s)",
+            partition.name,
+            detach_s,
+            time.monotonic() - started - detach_s,
+        )
     return dropped
 
 
-async def _drop(engine: AsyncEngine, names: list[str], lease: Lease | None) -> bool:
-    """One fenced transaction; False (nothing dropped) when the lease is lost."""
+def _detach_sql(name: str) -> list[str]:
+    # Names come from the catalog and match schemas.partitions' pattern. The
+    # new name marks it as expired, for a later trim to drop if this one
+    # stops before dropping it.
+    parent = "events" if name.startswith("events_") else "event_resources"
+    return [
+        f"ALTER TABLE {parent} DETACH PARTITION {name}",
+        f"ALTER TABLE {name} RENAME TO {name}{EXPIRED_SUFFIX}",
+    ]
+
+
+def _drop_sql(name: str) -> str:
+    return f"DROP TABLE {name}"
+
+
+async def _fenced(engine: AsyncEngine, lease: Lease | None, statements: list[str]) -> bool:
+    """Run `statements` in one transaction that first locks the lease row
+    while `lease` is held; False (nothing run) when it is lost."""
     async with engine.begin() as conn:
         await conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         if lease is not None and (await conn.execute(lock_if_held(lease))).first() is None:
             return False
-        for name in names:
-            parent = "events" if name.startswith("events_") else "event_resources"
-            # Names come from the catalog and match schemas.partitions' pattern.
-            await conn.exec_driver_sql(f"ALTER TABLE {parent} DETACH PARTITION {name}")
-            await conn.exec_driver_sql(f"DROP TABLE {name}")
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
     return True
 
 

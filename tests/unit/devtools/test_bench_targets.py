@@ -8,6 +8,7 @@ from worker.devtools.bench.dataset import copy_chunks, make_dataset, with_fresh_
 from worker.devtools.bench.results import (
     PREVIOUS_COPY,
     WORKER_1,
+    WORKER_1_FIXED,
     WRITE_CEILING,
     Latency,
     Phase,
@@ -46,6 +47,18 @@ def test_each_target_is_met_or_missed_by_its_limit() -> None:
         "p99 ms at 20% load": (151.0, False),
         "peak RSS MiB, 1 replica": (200.0, True),
     }
+
+
+def test_full_load_is_compared_with_fixed_batches_when_they_ran() -> None:
+    run = results()
+    run.phases.append(Phase(WORKER_1_FIXED, 13_000, 1.04))
+    found = {t.what: (round(t.value, 2), t.met) for t in targets(run)}
+
+    assert found["full-load events/s, 1 replica: worker / the same with fixed batches"] == (
+        1.04,
+        True,
+    )
+    assert len(found) == 6
 
 
 def test_targets_at_size_are_reported_only_when_measured() -> None:

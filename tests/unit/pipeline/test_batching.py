@@ -476,6 +476,14 @@ def test_a_partition_caught_up_with_its_log_end_is_due_at_once() -> None:
     assert offsets(a.peek(TP)) == [0, 1, 2]
 
 
+def test_fixed_batches_wait_for_size_or_age_even_when_caught_up() -> None:
+    a = Accumulator(Triggers(1000, 1_000_000, AGE, when_caught_up=False))
+    a.add(TP, recs(0, [1, 1, 1]), now=0.0, fetched_to=3, log_end=3)
+    assert not a.is_due(TP, now=0.0)
+    assert a.next_due_in(0.0) == AGE
+    assert a.due(AGE) == [TP]
+
+
 def test_records_still_waiting_in_kafka_make_the_batch_grow() -> None:
     a = acc(batch_size=5)
     a.add(TP, recs(0, [1, 1, 1]), now=0.0, fetched_to=3, log_end=10)

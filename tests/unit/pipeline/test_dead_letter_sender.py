@@ -5,6 +5,7 @@ a producer whose sends are never answered."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -14,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.settings import Settings
 from worker.pipeline import dead_letter_sender
-from worker.pipeline.dead_letter_sender import DeadLetterPublisher, Outcome
+from worker.pipeline.dead_letter_outcome import Outcome
+from worker.pipeline.dead_letter_sender import DeadLetterPublisher
 from worker.pipeline.dead_letter_topic import Target
 
 TP = ("events", 3)
@@ -52,6 +54,31 @@ async def test_a_partition_taken_again_at_once_gets_a_sender_again() -> None:
     await asyncio.wait_for(settled(publisher), 5)
     assert publisher.attempts == 2
     assert publisher.crashed is None
+
+
+class Quick(DeadLetterPublisher):
+    """Each attempt returns at once; counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(Settings(), cast(AsyncEngine, None))
+        self._producer = SimpleNamespace()
+        self.attempts = 0
+
+    async def publish_pending(self, tp: tuple[str, int], recovering: bool) -> Outcome:
+        self.attempts += 1
+        return Outcome()
+
+
+async def test_a_request_as_the_sender_finishes_gets_a_sender() -> None:
+    publisher = Quick()
+    publisher.request(TP)
+    await asyncio.sleep(0)
+    # The sender is done, but its done callback has not run yet.
+    assert publisher._senders[TP].done()
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+    await asyncio.sleep(0)
+    assert publisher.attempts == 2
 
 
 class FakeProducer:
@@ -136,3 +163,45 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
 
 def _record(row: Any) -> Any:
     return SimpleNamespace(value=row.value, key=b"k", headers=[], reduced=False, size=10)
+
+
+class Hanging(Outbox):
+    """The first attempt's database read never returns."""
+
+    def __init__(self, producers: list[FakeProducer]) -> None:
+        super().__init__(producers)
+        self.reads = 0
+
+    async def _unmarked(self, tp: tuple[str, int]) -> list[Row[Any]]:
+        self.reads += 1
+        if self.reads == 1:
+            await asyncio.Event().wait()
+        return await super()._unmarked(tp)
+
+
+async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeouts_s = (("ATTEMPT_TIMEOUT_S", 0.1), ("SEND_TIMEOUT_S", 0.05), ("RETRY_CAP_S", 0.01))
+    for name, value_s in timeouts_s:
+        monkeypatch.setattr(dead_letter_sender, name, value_s)
+    first, fresh = FakeProducer(answers=True), FakeProducer(answers=True)
+    publisher = Hanging([first, fresh])
+    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    caplog.set_level(logging.INFO, logger="worker.core.conditions")
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+
+    assert publisher.rows == []
+    assert (len(first.sent), len(fresh.sent)) == (0, 1), "sent once, by a new producer"
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "events[3]: dead letters not sent to events.dlq: an attempt took over 0 s; "
+        "retrying with a jittered backoff of up to 5 s (they are in the dead_letters table)",
+        "events[3]: dead letters reach events.dlq again",
+    ]
+
+
+async def _nothing_sent(*_: Any) -> set[int]:
+    return set()

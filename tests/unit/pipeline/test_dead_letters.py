@@ -14,6 +14,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.operate.dead_letter_admin import oversized
+from worker.pipeline.dead_letter_outcome import Outcome, report
 from worker.pipeline.dead_letter_records import (
     dead_letter_topic,
     fitted,
@@ -24,7 +25,6 @@ from worker.pipeline.dead_letter_records import (
     request_bytes,
     whole,
 )
-from worker.pipeline.dead_letter_sender import Outcome, report
 
 
 def row(**overrides: Any) -> Any:

@@ -36,6 +36,8 @@ class LatencyProbe:
     """Measures latency with the 1-replica worker once it caught up with the backlog."""
 
     bench: Bench
+    # Added to each latency's name, to tell runs apart.
+    label: str = ""
     # Events per second the worker managed on the backlog.
     full_rate: float = 0.0
     latencies: list[Latency] = field(default_factory=list)
@@ -55,14 +57,14 @@ class LatencyProbe:
         self.latencies.append(
             await db.latency(
                 conn,
-                "full load (backlog), from record timestamp",
+                "full load (backlog), from record timestamp" + self.label,
                 note="includes the time the backlog waited before the worker started",
             )
         )
         self.latencies.append(
             await db.latency(
                 conn,
-                "full load (backlog), from worker start",
+                "full load (backlog), from worker start" + self.label,
                 not_before=started,
                 note="recorded - max(received, worker start)",
             )
@@ -86,7 +88,8 @@ class LatencyProbe:
             f"{fresh.size} events at {rate:.0f}/s ({LIGHT_LOAD_SHARE:.0%} of the 1-replica "
             f"rate) over {took:.1f} s, to a caught-up worker"
         )
-        name = f"{LIGHT_LOAD_SHARE:.0%} load, from record timestamp"
+        name = f"{LIGHT_LOAD_SHARE:.0%} load, from record timestamp{self.label}"
         self.latencies.append(await db.latency(conn, name, ids=ids, note=note))
         written = await db.count_events(conn, ids)
-        self.checks.append(Check("latency phase: fresh events rows", fresh.size, written))
+        what = f"latency phase{self.label}: fresh events rows"
+        self.checks.append(Check(what, fresh.size, written))

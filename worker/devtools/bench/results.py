@@ -142,6 +142,7 @@ class Results:
             "worker_1_over_previous_copy": self.ratio(WORKER_1, PREVIOUS_COPY),
             "worker_1_over_naive": self.ratio(WORKER_1, NAIVE),
             "worker_1_over_consume_ceiling": self.ratio(WORKER_1, CONSUME_CEILING),
+            "worker_1_over_fixed_batches": self.ratio(WORKER_1, WORKER_1_FIXED),
             "server_cpu_copy_over_previous_copy": self.ratio(
                 WRITE_CEILING, PREVIOUS_COPY, server_cpu=True
             ),
@@ -177,6 +178,10 @@ WRITE_CEILING = "write ceiling (COPY)"
 PREVIOUS_COPY = "COPY, previous schema + default settings"
 NAIVE = "naive baseline"
 WORKER_1 = "worker, 1 replica"
+# The same with PERSISTER_FLUSH_WHEN_CAUGHT_UP=false: batches by size, bytes
+# or age only.
+FIXED_BATCHES = ", fixed batches"
+WORKER_1_FIXED = WORKER_1 + FIXED_BATCHES
 WORKER_2 = "worker, 2 replicas"
 
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from worker.devtools.bench.context import PARTITIONS, Bench
 from worker.devtools.bench.dataset import copy_chunks, make_dataset
 from worker.devtools.bench.latency import LatencyProbe
 from worker.devtools.bench.report import print_report, write_chart, write_json
-from worker.devtools.bench.results import WORKER_1, WORKER_2, Check, Results
+from worker.devtools.bench.results import (
+    FIXED_BATCHES,
+    WORKER_1,
+    WORKER_1_FIXED,
+    WORKER_2,
+    Check,
+    Results,
+)
 from worker.devtools.bench.workers import run_backlog
 from worker.devtools.stack import LocalStack, StackInfo, kafka_version
 
@@ -33,6 +41,8 @@ log = logging.getLogger(__name__)
 
 TOPIC = "bench-events"
 LATENCY_TOPIC = "bench-latency"
+LATENCY_TOPIC_FIXED = "bench-latency-fixed"
+FIXED_BATCH_SETTINGS = {"PERSISTER_FLUSH_WHEN_CAUGHT_UP": "false"}
 COPY_CHUNK_EVENTS = 10_000
 INDEX_SAMPLE_EVENTS = 50_000
 NAIVE_BUDGET_S = 30.0
@@ -80,7 +90,7 @@ async def prepare(info: StackInfo, size: int, log_dir: Path, results: Results) -
     """Generate the events once, create the topics and load the main one."""
     dataset = make_dataset(size)
     servers = info.kafka_bootstrap_servers
-    for topic in (TOPIC, LATENCY_TOPIC):
+    for topic in (TOPIC, LATENCY_TOPIC, LATENCY_TOPIC_FIXED):
         await create_topic({"bootstrap_servers": servers}, topic, PARTITIONS)
     log.info("loading %d events (%d bytes) into %s", size, dataset.nbytes, TOPIC)
     started = time.monotonic()
@@ -121,6 +131,15 @@ async def measure(bench: Bench, naive_budget_s: float, preload: int, results: Re
     results.phases.append(one.phase)
     results.checks.extend([*one.checks, *probe.checks])
     results.latencies = probe.latencies
+    log.info("worker, 1 replica, fixed batches, then latency")
+    fixed_bench = replace(bench, latency_topic=LATENCY_TOPIC_FIXED)
+    fixed_probe = LatencyProbe(fixed_bench, label=FIXED_BATCHES)
+    fixed = await run_backlog(
+        fixed_bench, WORKER_1_FIXED, 1, fixed_probe, settings=FIXED_BATCH_SETTINGS
+    )
+    results.phases.append(fixed.phase)
+    results.checks.extend([*fixed.checks, *fixed_probe.checks])
+    results.latencies += fixed_probe.latencies
     log.info("worker, 2 replicas")
     two = await run_backlog(bench, WORKER_2, 2)
     results.phases.append(two.phase)

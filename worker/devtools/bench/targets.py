@@ -58,6 +58,10 @@ def targets(results: Results) -> list[Target]:
     found = _ratios(results, "", "empty tables")
     if results.preloaded:
         found += _ratios(results, "at_size_", f"{results.preloaded:,} events stored")
+    fixed = results.ratios().get("worker_1_over_fixed_batches")
+    if fixed is not None:
+        what = "full-load events/s, 1 replica: worker / the same with fixed batches"
+        found.append(Target(what, fixed, 1.0, True))
     light = next((lat for lat in results.latencies if lat.name == LIGHT_LOAD), None)
     if light is not None:
         found.append(Target("p99 ms at 20% load", light.p99_ms, P99_LIMIT_MS, False))

@@ -166,16 +166,18 @@ async def run_backlog(
     while_running: WhileRunning | None = None,
     *,
     on_empty: bool = True,
+    settings: dict[str, str] | None = None,
 ) -> BacklogRun:
     """Start `replicas` workers of a fresh group on emptied tables (or, with
     `on_empty` False, on the rows there are); time them from start until
     every stored offset is the topic's end offset.
 
     With `while_running`, the workers also consume the (still empty) latency
-    topic, for `while_running` to send to."""
+    topic, for `while_running` to send to. `settings` go on top of the
+    workers' defaults, by variable name."""
     group = f"bench-{replicas}r-{uuid.uuid4().hex[:8]}"
     topics = [bench.topic, bench.latency_topic] if while_running else [bench.topic]
-    workers = Replicas(bench.info, topics, group, bench.log_dir)
+    workers = Replicas(bench.info, topics, group, bench.log_dir, dict(settings or {}))
     async with db.connect(bench.info.database_url) as conn:
         if on_empty:
             await db.truncate(conn)
