@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--step", type=int, default=100_000, help="events per step")
     parser.add_argument("--per-day", type=int, default=2_500_000, help="events per simulated day")
     parser.add_argument("--retention-days", type=float, default=4.0, help="simulated retention")
+    parser.add_argument(
+        "--previous-target",
+        type=int,
+        default=None,
+        help="stop writing the previous schema once it holds this many (default: --target)",
+    )
     parser.add_argument("--minutes", type=float, default=0, help="stop after this long (0: never)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
     args = parser.parse_args(argv)
@@ -156,7 +162,10 @@ async def run(url: str, args: argparse.Namespace, stack_dir: Path) -> list[dict[
             chunks = with_fresh_ids(base, now - made_at)
             # Alternating which goes first, so neither always follows the other.
             order = ["public", reference.SCHEMA][:: 1 if n % 2 == 0 else -1]
+            previous_done = stored[reference.SCHEMA] >= (args.previous_target or args.target)
             for schema in order:
+                if schema == reference.SCHEMA and previous_done:
+                    continue
                 trimmed = await trim(engine, schema, now, args.retention_days)
                 copied = await _copy(url, schema, chunks)
                 stored[schema] += sum(map(len, chunks)) - trimmed["events_deleted"]
