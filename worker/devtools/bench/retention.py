@@ -61,7 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m worker.devtools.bench.retention", description=__doc__
     )
     parser.add_argument("--expired", type=int, default=5_000_000, help="events in the expired day")
-    parser.add_argument("--events", type=int, default=200_000, help="backlog in the topic")
+    # Enough that the worker is still busy with it when the window after the
+    # trim ends (it writes about 20,000 events/s on two cores).
+    parser.add_argument("--events", type=int, default=1_000_000, help="backlog in the topic")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
     return parser.parse_args(argv)
 
