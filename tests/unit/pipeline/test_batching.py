@@ -1,12 +1,17 @@
-"""Per-partition buffering and the three flush triggers, each on both sides of
+"""Per-partition buffering and the flush triggers, each on both sides of
 its bound. Time is passed in explicitly (`now`), so nothing sleeps."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.records import Msg
+from worker.core.settings import Settings
 from worker.pipeline.batching import Accumulator, Record, Triggers, record_size
+from worker.pipeline.persister import Persister
 
 TP = ("t", 0)
 OTHER = ("t", 1)
@@ -499,3 +504,14 @@ def test_an_empty_buffer_at_the_log_end_is_not_due() -> None:
     a.add(TP, [], now=0.0, fetched_to=3, log_end=3)
     assert not a.is_due(TP, now=0.0)
     assert a.due(0.0) == []
+
+
+async def test_the_worker_takes_its_flush_triggers_from_the_settings() -> None:
+    settings = Settings(batch_size=500, flush_every_s=0.2, flush_when_caught_up=False)
+    persister = Persister(settings, cast(AsyncEngine, None))
+    try:
+        assert persister.accumulator.triggers == Triggers(
+            500, settings.max_batch_bytes, 0.2, when_caught_up=False
+        )
+    finally:
+        await persister.consumer.stop()
