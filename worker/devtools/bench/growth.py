@@ -157,7 +157,7 @@ async def run(url: str, args: argparse.Namespace, stack_dir: Path) -> list[dict[
     steps: list[dict[str, Any]] = []
     try:
         while written < args.target + args.per_day and time.monotonic() < stop_at:
-            n = len(steps) // 2
+            n = written // args.step
             now = origin + timedelta(days=(n + 1) * args.step / args.per_day)
             chunks = with_fresh_ids(base, now - made_at)
             # Alternating which goes first, so neither always follows the other.
