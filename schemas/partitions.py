@@ -82,8 +82,9 @@ def is_partition(name: str) -> bool:
     return PARTITION_NAME.match(name) is not None
 
 
-# A partition detached because it expired, waiting to be dropped.
-EXPIRED_SUFFIX = "_expired"
+def expired_name(name: str) -> str:
+    """What a partition detached because it expired is called until dropped."""
+    return f"{name}_expired"
 
 
 def default_name(table: str) -> str:

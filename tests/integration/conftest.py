@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import upgrade, upgrade_async
+from schemas.tables import metadata
 from worker.core.settings import Settings
 from worker.devtools.stack import LocalStack, StackInfo
 from worker.pipeline.storage import create_engine
@@ -48,20 +49,10 @@ def stack_info(local_stack: LocalStack) -> StackInfo:
     return local_stack.info
 
 
-TABLES = (
-    "events",
-    "event_resources",
-    "consumer_offsets",
-    "dead_letters",
-    "leader_leases",
-    "partition_controls",
-)
-
-
 async def emptied(url: str) -> AsyncEngine:
     engine = create_engine(url, pool_size=4)
     async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+        await conn.execute(text(f"TRUNCATE {', '.join(metadata.tables)}"))
     return engine
 
 

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.partitions import Range, floor
@@ -166,6 +168,19 @@ async def test_a_drop_is_fenced_by_the_lease_epoch(
     assert await count(engine, events) == 200
     assert await count(engine, event_resources) == kept
     assert expired > 0
+
+
+async def test_postgresql_refuses_a_concurrent_detach_beside_the_default_partition(
+    engine: AsyncEngine,
+) -> None:
+    """Why the drop takes the parent's lock for its detach (README, Retention)."""
+    await ensure(engine, NOW - DAY, NOW, DAY)
+    name = day_name("events", NOW - DAY)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(DBAPIError, match="default partition"):
+            await conn.exec_driver_sql(f"ALTER TABLE events DETACH PARTITION {name} CONCURRENTLY")
+        assert name in {p.name for p in await partitions(conn, "events")}
 
 
 async def tables_like(engine: AsyncEngine, pattern: str) -> list[str]:

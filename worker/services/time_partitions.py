@@ -29,12 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.partitions import (
     EXPIRED_SQL,
-    EXPIRED_SUFFIX,
     PARTITIONED,
     PARTITIONS_SQL,
     Range,
     create_sql,
     default_name,
+    expired_name,
     gaps,
 )
 from schemas.tables import event_resources, events
@@ -151,7 +151,7 @@ async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | Non
         detached = await _fenced(engine, lease, [sql for n in names for sql in _detach_sql(n)])
         detach_s = time.monotonic() - started
         if not detached or not await _fenced(
-            engine, lease, [_drop_sql(name + EXPIRED_SUFFIX) for name in names]
+            engine, lease, [_drop_sql(expired_name(name)) for name in names]
         ):
             logger.info("no longer leading: dropping partitions stopped")
             break
@@ -173,7 +173,7 @@ def _detach_sql(name: str) -> list[str]:
     parent = "events" if name.startswith("events_") else "event_resources"
     return [
         f"ALTER TABLE {parent} DETACH PARTITION {name}",
-        f"ALTER TABLE {name} RENAME TO {name}{EXPIRED_SUFFIX}",
+        f"ALTER TABLE {name} RENAME TO {expired_name(name)}",
     ]
 
 
