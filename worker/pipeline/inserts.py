@@ -1,6 +1,15 @@
 """Idempotent row inserts, one way per dialect.
 
-PostgreSQL: ONE statement for both tables. Each column arrives as an array
+PostgreSQL, first choice: binary COPY into both tables, in a savepoint. It
+costs the database about a fifth less CPU than the INSERT and needs no
+conflict check; but COPY cannot skip a row already stored. So when COPY meets
+an event already stored (a producer's retry, a replay) or any other error,
+the savepoint is rolled back and the batch goes through the INSERT below,
+which skips stored events and reports a row the database refuses the way
+every other statement does. The caller decides which to try first (see
+`worker.pipeline.writer`).
+
+PostgreSQL, INSERT: ONE statement for both tables. Each column arrives as an array
 and is `unnest`ed (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`); the
 events insert returns the keys (id, occurred) that were new, and a second
 data-modifying CTE inserts the resource rows of those events only. An event
@@ -16,10 +25,13 @@ as text for the same reason.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Table, Text, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.tables import event_resources, events
@@ -70,6 +82,40 @@ def _both_tables_insert() -> str:
 EVENTS_AND_RESOURCES_SQL = _both_tables_insert()
 EVENT_COLUMNS = _columns(events)
 RESOURCE_COLUMNS = _columns(event_resources)
+
+
+_EVENT_TUPLE = itemgetter(*EVENT_COLUMNS)
+_RESOURCE_TUPLE = itemgetter(*RESOURCE_COLUMNS)
+
+
+async def copy_events_and_resources(
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
+) -> tuple[int, int] | None:
+    """COPY events and their resource rows (PostgreSQL); None, with nothing
+    written, when the database refused them: some event is already stored,
+    or a row is bad. `insert_events_and_resources` then sorts them out."""
+    if not event_rows:
+        return 0, 0
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    savepoint = await conn.begin_nested()
+    try:
+        await driver.copy_records_to_table(
+            "events", records=map(_EVENT_TUPLE, event_rows), columns=EVENT_COLUMNS
+        )
+        await driver.copy_records_to_table(
+            "event_resources", records=map(_RESOURCE_TUPLE, resources), columns=RESOURCE_COLUMNS
+        )
+    except asyncpg.PostgresError:
+        # The server answered: the transaction stands, the savepoint goes.
+        await savepoint.rollback()
+        return None
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        # The connection broke mid-COPY: never hand it back to the pool.
+        await conn.invalidate()
+        raise OperationalError("COPY events", None, exc) from exc
+    await savepoint.commit()
+    return len(event_rows), len(resources)
 
 
 def _as_arrays(rows: list[dict[str, Any]], names: list[str]) -> tuple[list[Any], ...]:

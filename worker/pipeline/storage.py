@@ -36,7 +36,7 @@ from schemas.tables import consumer_offsets, dead_letters
 from worker.core.errors import ErrorKind, classify, describe
 from worker.core.topic_partition import TP
 from worker.pipeline.decoding import Rejection, Rows, received_at
-from worker.pipeline.inserts import insert_events_and_resources
+from worker.pipeline.inserts import copy_events_and_resources, insert_events_and_resources
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,15 @@ async def advance_offset(
 
 
 async def insert_rows(
-    conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows
+    conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows, copy: bool = False
 ) -> tuple[int, int]:
-    """Insert events idempotently, and resource rows for the new ones only."""
+    """Insert events idempotently, and resource rows for the new ones only;
+    with `copy` (PostgreSQL), try COPY first (see `worker.pipeline.inserts`)."""
     resources = [r for row in event_rows for r in rows.resources[row["id"]]]
+    if copy and conn.dialect.name == "postgresql":
+        copied = await copy_events_and_resources(conn, event_rows, resources)
+        if copied is not None:
+            return copied
     return await insert_events_and_resources(conn, event_rows, resources)
 
 
@@ -276,12 +281,14 @@ async def write_batch(
     next_offset: int,
     rows: Rows,
     isolate: bool = False,
+    copy: bool = False,
 ) -> Written:
     """One transaction: fenced offset, events, resources, dead letters.
 
-    With `isolate` (after a plain attempt failed with a data error), events
-    the database rejects are found by halving and become dead letters;
-    without it such an error is raised.
+    `copy`: try COPY first (see `insert_rows`). With `isolate` (after a
+    plain attempt failed with a data error), events the database rejects are
+    found by halving and become dead letters; without it such an error is
+    raised.
     """
     async with engine.begin() as conn:
         await advance_offset(conn, group_id, tp, expected, next_offset)
@@ -291,7 +298,7 @@ async def write_batch(
             n_events, n_resources = isolation.events, isolation.resources
         else:
             rejected = []
-            n_events, n_resources = await insert_rows(conn, rows.events, rows)
+            n_events, n_resources = await insert_rows(conn, rows.events, rows, copy)
         letters = [*rows.rejections, *rejected]
         n_dead = await insert_dead_letters(conn, group_id, letters)
     attempts = isolation.attempts if isolate else 0

@@ -6,6 +6,11 @@ what a failure means:
   after a failed write): the batch is written again with those rows isolated
   and dead-lettered;
 - anything else (raised): the database is unwell, retry later.
+
+A partition's batch goes in by COPY unless its last batch met events already
+stored: duplicates come in runs (a replay, a producer re-sending what it
+sent), and while they last an INSERT that skips them costs less than a COPY
+refused first. The first batch without duplicates switches it back.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class BatchWriter:
         # At most one transaction per pooled connection; others wait here
         # rather than in the pool, where they would time out.
         self._slots = asyncio.Semaphore(settings.database_pool_size)
+        # Partitions whose last batch held events already stored.
+        self._duplicates: set[TP] = set()
 
     async def write(
         self, tp: TP, expected: int | None, batch: list[Record], next_offset: int | None = None
@@ -46,6 +53,10 @@ class BatchWriter:
             next_offset = batch[-1].offset + 1
         async with self._slots:
             written = await self._write_rows(tp, expected, next_offset, rows)
+        if written.events < len(rows.events):
+            self._duplicates.add(tp)
+        else:
+            self._duplicates.discard(tp)
         for offset, error_class in written.rejected:
             # Where from and why, never the value (it may hold anything).
             logger.warning(
@@ -61,8 +72,9 @@ class BatchWriter:
         self, tp: TP, expected: int | None, next_offset: int, rows: Rows
     ) -> Written:
         group = self.settings.group_id
+        copy = tp not in self._duplicates
         try:
-            return await write_batch(self.engine, group, tp, expected, next_offset, rows)
+            return await write_batch(self.engine, group, tp, expected, next_offset, rows, copy=copy)
         except SQLAlchemyError as exc:
             if classify(exc) is not ErrorKind.DATA:
                 raise
