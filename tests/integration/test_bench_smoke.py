@@ -18,6 +18,7 @@ from worker.devtools.bench.results import (
     WORKER_2,
     WRITE_CEILING,
     at_size,
+    run_name,
 )
 
 EVENTS = 2_000
@@ -31,6 +32,7 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
         [
             sys.executable,
             *("-m", "worker.devtools.bench", "--events", str(EVENTS), "--preload", str(PRELOAD)),
+            *("--runs", "2"),
             *("--out", str(tmp_path)),
         ],
         capture_output=True,
@@ -55,6 +57,7 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
         *(CONSUME_CEILING, PREVIOUS_COPY, WRITE_CEILING, NAIVE, WORKER_1, WORKER_1_FIXED),
         WORKER_2,
         *(PREVIOUS_COPY + at, WRITE_CEILING + at, WORKER_1 + at),
+        *(run_name(WORKER_1, 2), run_name(WORKER_1_FIXED, 2)),
     }
     for name, measurement in measured.items():
         assert measurement["events_per_s"] > 0, name
@@ -68,7 +71,10 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     )
     # Small enough that the naive baseline finishes within its time budget.
     assert measured[NAIVE]["events"] == EVENTS
-    for name, replicas in ((WORKER_1, 1), (WORKER_1_FIXED, 1), (WORKER_2, 2), (WORKER_1 + at, 1)):
+    for name, replicas in (
+        *((WORKER_1, 1), (WORKER_1_FIXED, 1), (WORKER_2, 2), (WORKER_1 + at, 1)),
+        *((run_name(WORKER_1, 2), 1), (run_name(WORKER_1_FIXED, 2), 1)),
+    ):
         assert measured[name]["events"] == EVENTS
         assert len(measured[name]["peak_rss_mib_per_replica"]) == replicas
         assert all(rss > 0 for rss in measured[name]["peak_rss_mib_per_replica"])

@@ -26,6 +26,7 @@ from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.decoding import to_rows
 from worker.pipeline.inserts import insert_events_and_resources
+from worker.services import time_partitions
 from worker.services.retention import trim
 from worker.services.time_partitions import drop_expired, ensure, ensure_for, partitions
 
@@ -157,7 +158,7 @@ async def test_a_drop_is_fenced_by_the_lease_epoch(
     async with engine.connect() as conn:
         assert old_day in {p.name for p in await partitions(conn, "events")}
 
-    dropped = await drop_expired(engine, cutoff, leader)
+    dropped = [d.name for d in await drop_expired(engine, cutoff, leader)]
     assert old_day in dropped
     assert all(name < day_name("events", cutoff) for name in dropped)
     async with engine.connect() as conn:
@@ -210,13 +211,62 @@ async def test_a_partition_left_detached_by_a_stopped_trim_is_dropped_by_the_nex
     assert len(await tables_like(engine, "%\\_expired")) == 2
 
     try:
-        dropped = await drop_expired(engine, NOW - 7 * DAY, leader)
+        dropped = [d.name for d in await drop_expired(engine, NOW - 7 * DAY, leader)]
         assert stopped not in dropped and archived not in dropped
         assert await tables_like(engine, "%\\_expired") == []
         assert await tables_like(engine, archived) == [archived]
     finally:
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {archived}, {_twin(archived)}")
+    assert await count(engine, events) == 50
+    assert await count(engine, event_resources) == kept
+
+
+async def indexes_of(engine: AsyncEngine, table: str) -> int:
+    query = text("SELECT count(*) FROM pg_index WHERE indrelid = CAST(:t AS regclass)")
+    async with engine.connect() as conn:
+        return int((await conn.execute(query, {"t": table})).scalar_one())
+
+
+async def test_files_go_in_fenced_steps_and_a_stopped_removal_is_finished_by_the_next(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each index, then the table, one fenced step each; a leader that loses
+    the lease between steps stops, and the next one finishes the tables."""
+    await ensure(engine, NOW - 12 * DAY, NOW, DAY)
+    await store(engine, timedelta(days=10), 100)
+    kept = await store(engine, timedelta(days=3), 50)
+    name = day_name("events", NOW - 10 * DAY)
+    first = await acquire(engine, "retention", "a", timedelta(seconds=30))
+    assert first is not None
+    fenced = time_partitions._fenced
+    calls = 0
+
+    async def losing_after_the_third_step(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the detach, then two steps of removal
+            await release(engine, first)
+        return await fenced(*args)
+
+    monkeypatch.setattr(time_partitions, "_fenced", losing_after_the_third_step)
+    assert await drop_expired(engine, NOW - 7 * DAY, first) == []
+    # The oldest expired day: detached, then two of its steps done.
+    twin, left = await tables_like(engine, "%\\_expired")
+    assert twin == _twin(left)
+    # Of four indexes (the key and three more), two are gone; the twin's
+    # two are still there.
+    assert await indexes_of(engine, left) == 2
+    assert await indexes_of(engine, twin) == 2
+
+    monkeypatch.setattr(time_partitions, "_fenced", fenced)
+    second = await acquire(engine, "retention", "b", timedelta(seconds=30))
+    assert second is not None
+    dropped = await drop_expired(engine, NOW - 7 * DAY, second)
+    assert await tables_like(engine, "%\\_expired") == []
+    assert name in [d.name for d in dropped]
+    # Each: four indexes and the table, then the twin's two and the table.
+    assert {len(d.steps_s) for d in dropped} == {8}
     assert await count(engine, events) == 50
     assert await count(engine, event_resources) == kept
 

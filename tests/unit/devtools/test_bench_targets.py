@@ -14,6 +14,7 @@ from worker.devtools.bench.results import (
     Phase,
     Results,
     at_size,
+    run_name,
 )
 from worker.devtools.bench.targets import LIGHT_LOAD, targets
 from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
@@ -83,3 +84,24 @@ def test_fresh_ids_keep_every_row_and_its_resources_together() -> None:
         ]
         assert len(after.resources) == len(before.resources)
         assert {r[event_id_at] for r in after.resources} == {r[id_at] for r in after.events}
+
+
+def test_repeated_runs_are_compared_by_their_medians() -> None:
+    run = results()
+    # Worker runs at 13,000, 12,000 and 14,000 events/s (median 13,000);
+    # fixed batches at 14,000, 10,000 and 12,500 (median 12,500).
+    run.phases += [
+        Phase(run_name(WORKER_1, 2), 13_000, 13_000 / 12_000),
+        Phase(run_name(WORKER_1, 3), 14_000, 1.0),
+        Phase(WORKER_1_FIXED, 14_000, 1.0),
+        Phase(run_name(WORKER_1_FIXED, 2), 10_000, 1.0),
+        Phase(run_name(WORKER_1_FIXED, 3), 12_500, 1.0),
+    ]
+
+    assert run.ratio(WORKER_1, WORKER_1_FIXED) == 13_000 / 12_500
+    # A name that begins like another is not one of its runs.
+    assert [p.name for p in run.runs(WORKER_1)] == [
+        WORKER_1,
+        run_name(WORKER_1, 2),
+        run_name(WORKER_1, 3),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,16 +126,15 @@ class Results:
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
 
+    def runs(self, name: str) -> list[Phase]:
+        """The phase `name` and its repeats (`run_name(name, n)`)."""
+        return [p for p in self.phases if p.name == name or p.name.startswith(name + RUN)]
+
     def ratio(self, name: str, base: str, server_cpu: bool = False) -> float | None:
-        """`name`'s events/s over `base`'s (or their server CPU per 10k events)."""
-        phase, other = self.phase(name), self.phase(base)
-        if phase is None or other is None:
-            return None
-        if server_cpu:
-            if phase.server_cpu_s_per_10k is None or not other.server_cpu_s_per_10k:
-                return None
-            return phase.server_cpu_s_per_10k / other.server_cpu_s_per_10k
-        return phase.rate / other.rate if other.rate else None
+        """`name`'s events/s over `base`'s (or their server CPU per 10k
+        events), each the median of its runs."""
+        mine, other = _median(self.runs(name), server_cpu), _median(self.runs(base), server_cpu)
+        return mine / other if mine is not None and other else None
 
     def ratios(self) -> dict[str, float | None]:
         found = {
@@ -169,6 +169,12 @@ class Results:
         return found
 
 
+def _median(phases: list[Phase], server_cpu: bool) -> float | None:
+    values = [p.server_cpu_s_per_10k if server_cpu else p.rate for p in phases]
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -183,6 +189,12 @@ WORKER_1 = "worker, 1 replica"
 FIXED_BATCHES = ", fixed batches"
 WORKER_1_FIXED = WORKER_1 + FIXED_BATCHES
 WORKER_2 = "worker, 2 replicas"
+# Names the repeats of a phase: "worker, 1 replica (run 2)".
+RUN = " (run "
+
+
+def run_name(name: str, run: int) -> str:
+    return f"{name}{RUN}{run})"
 
 
 def at_size(preloaded: int) -> str:

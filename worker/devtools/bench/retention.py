@@ -5,9 +5,10 @@ One throwaway stack: a day partition, wholly older than the retention
 period, filled with `--expired` events; a topic loaded with a backlog; one
 worker (its own trimmer off) draining it. Once the worker runs at full
 speed, the trim the leader runs (`worker.services.retention.trim`, with a lease)
-drops the expired day. Reported: the trim's time, the ingest rate in the
-seconds before and from the trim's start, and the dead tuples and deleted
-rows of the tables afterwards.
+drops the expired day. Reported: the drop's time, in all and step by step
+(the detach, then each index and table removed, with pauses between), the
+ingest rate in the seconds before the trim and over the whole drop, and the
+dead tuples and deleted rows of the tables afterwards.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m worker.devtools.bench.retention", description=__doc__
     )
     parser.add_argument("--expired", type=int, default=5_000_000, help="events in the expired day")
-    # Enough that the worker is still busy with it when the window after the
-    # trim ends (it writes about 20,000 events/s on two cores).
-    parser.add_argument("--events", type=int, default=1_000_000, help="backlog in the topic")
+    # Enough that the worker is still busy with it when the paced drop ends
+    # (it writes about 20,000 events/s on two cores).
+    parser.add_argument("--events", type=int, default=1_500_000, help="backlog in the topic")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
     return parser.parse_args(argv)
 
@@ -176,12 +177,19 @@ async def _trim_during_ingest(
     trimmed = await retention.trim(engine, settings, lease)
     trim_s = time.monotonic() - started
     trim_cpu = server.seconds() - cpu_before
-    await asyncio.sleep(WINDOW_S + SAMPLE_S * 2)
+    # The ingest rate over the whole drop, pauses included, and at least
+    # WINDOW_S.
+    span_s = max(drop_s, WINDOW_S)
+    await asyncio.sleep(max(0.0, started + span_s - time.monotonic()) + SAMPLE_S * 2)
     before = progress.rate(started - WINDOW_S, started)
-    during = progress.rate(started, started + WINDOW_S)
+    during = progress.rate(started, started + span_s)
+    steps = [s for d in dropped for s in (d.detach_s, *d.steps_s)]
     log.info(
-        "drop %.3f s, whole trim %.3f s, %s; ingest %.0f/s before, %.0f/s from its start",
+        "drop %.3f s (%d steps, %.3f s of them), whole trim %.3f s, %s; "
+        "ingest %.0f/s before, %.0f/s during",
         drop_s,
+        len(steps),
+        sum(steps),
         trim_s,
         trimmed,
         before,
@@ -189,6 +197,10 @@ async def _trim_during_ingest(
     )
     return {
         "drop_seconds": round(drop_s, 4),
+        "detach_seconds": round(sum(d.detach_s for d in dropped), 4),
+        "drop_steps": len(steps),
+        "drop_steps_seconds": round(sum(steps), 4),
+        "longest_step_seconds": round(max(steps, default=0.0), 4),
         "trim_seconds": round(trim_s, 4),
         "trim_server_cpu_seconds": round(trim_cpu, 3),
         "partitions_dropped": len(dropped) + trimmed.partitions,
@@ -196,9 +208,9 @@ async def _trim_during_ingest(
         "ingest_before_per_s": round(before, 1),
         "ingest_during_per_s": round(during, 1),
         "ingest_ratio": round(during / before, 3) if before else None,
-        "window_seconds": WINDOW_S,
+        "window_seconds": round(span_s, 3),
         # Otherwise the worker ran out of backlog and the rate means nothing.
-        "backlog_left_after_window": progress.at(started + WINDOW_S) < backlog,
+        "backlog_left_after_window": progress.at(started + span_s) < backlog,
     }
 
 

@@ -33,6 +33,7 @@ from worker.devtools.bench.results import (
     WORKER_2,
     Check,
     Results,
+    run_name,
 )
 from worker.devtools.bench.workers import run_backlog
 from worker.devtools.stack import LocalStack, StackInfo, kafka_version
@@ -59,6 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="time budget of the naive baseline (it stops earlier when done)",
     )
     parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="runs of the one-replica worker, default and fixed batches (ratios take the median)",
+    )
+    parser.add_argument(
         "--preload",
         type=int,
         default=0,
@@ -67,6 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.preload < 0:
         parser.error("--preload must not be negative")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.events < 100:
         parser.error("--events must be at least 100")
     return args
@@ -104,7 +113,9 @@ async def prepare(info: StackInfo, size: int, log_dir: Path, results: Results) -
     return Bench(info, dataset, TOPIC, ends, LATENCY_TOPIC, log_dir)
 
 
-async def measure(bench: Bench, naive_budget_s: float, preload: int, results: Results) -> None:
+async def measure(
+    bench: Bench, naive_budget_s: float, preload: int, runs: int, results: Results
+) -> None:
     info = bench.info
     servers, url = info.kafka_bootstrap_servers, info.database_url
     log.info("consume ceiling")
@@ -144,13 +155,26 @@ async def measure(bench: Bench, naive_budget_s: float, preload: int, results: Re
     two = await run_backlog(bench, WORKER_2, 2)
     results.phases.append(two.phase)
     results.checks.extend(two.checks)
+    await repeat_one_replica(bench, runs, results)
     if preload:
         await storage.measure(bench, chunks, preload, results)
 
 
+async def repeat_one_replica(bench: Bench, runs: int, results: Results) -> None:
+    """Runs 2 to `runs` of one replica, default and fixed batches in
+    alternation: one run of each is within the other's noise (a few %), so
+    the throughput ratios take the median of the runs."""
+    for run in range(2, runs + 1):
+        for name, settings in ((WORKER_1, None), (WORKER_1_FIXED, FIXED_BATCH_SETTINGS)):
+            log.info("%s", run_name(name, run))
+            again = await run_backlog(bench, run_name(name, run), 1, settings=settings)
+            results.phases.append(again.phase)
+            results.checks.extend(again.checks)
+
+
 async def run(info: StackInfo, args: argparse.Namespace, log_dir: Path, results: Results) -> None:
     bench = await prepare(info, args.events, log_dir, results)
-    await measure(bench, args.naive_seconds, args.preload, results)
+    await measure(bench, args.naive_seconds, args.preload, args.runs, results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
