@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from worker.devtools.bench.dataset import copy_chunks, make_dataset, with_fresh_ids
+import orjson
+
+from worker.devtools.bench.dataset import copy_chunks, make_dataset, make_values, with_fresh_ids
 from worker.devtools.bench.results import (
     PREVIOUS_COPY,
     WORKER_1,
@@ -105,3 +108,11 @@ def test_repeated_runs_are_compared_by_their_medians() -> None:
         run_name(WORKER_1, 2),
         run_name(WORKER_1, 3),
     ]
+
+
+def test_values_alone_are_the_datasets_values() -> None:
+    def without_time(values: list[bytes]) -> list[dict[str, Any]]:
+        # `occurred` is a random time before now, and now moves on.
+        return [{k: v for k, v in orjson.loads(b).items() if k != "occurred"} for b in values]
+
+    assert without_time(make_values(50, seed=3)) == without_time(make_dataset(50, seed=3).values)

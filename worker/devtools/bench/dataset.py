@@ -46,6 +46,13 @@ class Dataset:
         return sum(1 + len(event["related"]) for event in self.events)
 
 
+def make_values(count: int, seed: int = SEED) -> list[bytes]:
+    """`make_dataset(count, seed).values` without holding the events: a few
+    million of them would not fit in memory."""
+    rng = random.Random(seed)
+    return [encode(make_event(rng, payload_bytes=PAYLOAD_BYTES)) for _ in range(count)]
+
+
 def make_dataset(count: int, seed: int = SEED) -> Dataset:
     rng = random.Random(seed)
     events = [make_event(rng, payload_bytes=PAYLOAD_BYTES) for _ in range(count)]

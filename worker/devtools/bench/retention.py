@@ -35,7 +35,7 @@ from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
 from worker.devtools.bench import db, topics
 from worker.devtools.bench.context import PARTITIONS
-from worker.devtools.bench.dataset import make_dataset
+from worker.devtools.bench.dataset import make_values
 from worker.devtools.bench.preload import preload
 from worker.devtools.bench.server import ServerCpu
 from worker.devtools.bench.workers import Replicas
@@ -110,10 +110,10 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
     try:
         log.info("filling an expired day with %d events", args.expired)
         day, fill_s = await fill_expired(url, engine, args.expired)
-        dataset = make_dataset(args.events)
+        values = make_values(args.events)
         servers = info.kafka_bootstrap_servers
         await create_topic({"bootstrap_servers": servers}, TOPIC, PARTITIONS)
-        await topics.load(servers, TOPIC, PARTITIONS, dataset.values)
+        await topics.load(servers, TOPIC, PARTITIONS, values)
         off = {"PERSISTER_SERVICES__RETENTION_TRIMMER__ENABLED": "false"}
         worker = Replicas(info, [TOPIC], f"bench-ret-{uuid.uuid4().hex[:8]}", log_dir, off)
         # As in production, the partitions ahead exist long before a day
