@@ -72,6 +72,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="stop writing the previous schema once it holds this many (default: --target)",
     )
+    parser.add_argument(
+        "--days-after",
+        type=float,
+        default=1.0,
+        help="simulated days written after --target is reached: each drops a partition",
+    )
     parser.add_argument("--minutes", type=float, default=0, help="stop after this long (0: never)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
     args = parser.parse_args(argv)
@@ -144,7 +150,8 @@ async def copy_step(url: str, schema: str, chunks: list[CopyChunk]) -> dict[str,
 
 async def run(url: str, args: argparse.Namespace, stack_dir: Path) -> list[dict[str, Any]]:
     """Steps until both schemas have held `--target` events and then been
-    written one more simulated day, trimming as they go (or `--minutes` pass)."""
+    written `--days-after` more simulated days, trimming as they go (or
+    `--minutes` pass)."""
     made_at = datetime.now(UTC)
     base = copy_chunks(make_dataset(args.step).events, made_at, COPY_CHUNK_EVENTS)
     engine = create_async_engine(url)
@@ -156,7 +163,8 @@ async def run(url: str, args: argparse.Namespace, stack_dir: Path) -> list[dict[
     stop_at = time.monotonic() + args.minutes * 60 if args.minutes else float("inf")
     steps: list[dict[str, Any]] = []
     try:
-        while written < args.target + args.per_day and time.monotonic() < stop_at:
+        end = args.target + args.days_after * args.per_day
+        while written < end and time.monotonic() < stop_at:
             n = written // args.step
             now = origin + timedelta(days=(n + 1) * args.step / args.per_day)
             chunks = with_fresh_ids(base, now - made_at)
