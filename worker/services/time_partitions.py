@@ -161,16 +161,19 @@ class Dropped:
     steps_s: tuple[float, ...]
 
 
-async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | None) -> list[Dropped]:
+async def drop_expired(
+    engine: AsyncEngine, cutoff: datetime, lease: Lease | None, pause_factor: float = PAUSE_FACTOR
+) -> list[Dropped]:
     """Detach and drop the partitions (of both tables) that end at or before
     `cutoff`, while `lease` is held; returns the events partitions dropped.
     Each is detached in one short transaction (the only step that holds
     writers up) and its files are removed in paced steps after it; one left
-    detached by a trim that stopped in between is dropped first."""
+    detached by a trim that stopped in between is dropped first.
+    `pause_factor`: see PAUSE_FACTOR."""
     async with engine.connect() as conn:
         by_table = {t: await partitions(conn, t) for t in PARTITIONED}
         leftovers = [str(name) for name in (await conn.execute(text(EXPIRED_SQL))).scalars()]
-    if leftovers and await _remove(engine, lease, leftovers) is None:
+    if leftovers and await _remove(engine, lease, leftovers, pause_factor) is None:
         return []
     dropped = []
     for partition in by_table["events"]:
@@ -181,7 +184,8 @@ async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | Non
         started = time.monotonic()
         detached = await _fenced(engine, lease, [sql for n in names for sql in _detach_sql(n)])
         detach_s = time.monotonic() - started
-        steps = await _remove(engine, lease, [expired_name(n) for n in names]) if detached else None
+        expired = [expired_name(n) for n in names]
+        steps = await _remove(engine, lease, expired, pause_factor) if detached else None
         if steps is None:
             logger.info("no longer leading: dropping partitions stopped")
             break
@@ -200,7 +204,9 @@ async def drop_expired(engine: AsyncEngine, cutoff: datetime, lease: Lease | Non
     return dropped
 
 
-async def _remove(engine: AsyncEngine, lease: Lease | None, names: list[str]) -> list[float] | None:
+async def _remove(
+    engine: AsyncEngine, lease: Lease | None, names: list[str], pause_factor: float
+) -> list[float] | None:
     """Drop detached tables: each index, then the table, one fenced
     transaction each, pausing after each step (see the module's docstring).
     Returns each step's seconds, or None when the lease was lost."""
@@ -211,7 +217,7 @@ async def _remove(engine: AsyncEngine, lease: Lease | None, names: list[str]) ->
             if not await _fenced(engine, lease, [statement]):
                 return None
             steps_s.append(time.monotonic() - started)
-            await asyncio.sleep(min(steps_s[-1] * PAUSE_FACTOR, MAX_PAUSE_S))
+            await asyncio.sleep(min(steps_s[-1] * pause_factor, MAX_PAUSE_S))
     return steps_s
 
 

@@ -69,6 +69,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # Enough that the worker is still busy with it when the window after the
     # paced drop ends (it writes about 20,000 events/s on two cores).
     parser.add_argument("--events", type=int, default=3_000_000, help="backlog in the topic")
+    parser.add_argument(
+        "--pause-factor",
+        type=float,
+        default=time_partitions.PAUSE_FACTOR,
+        help="pause after each step of the drop, times the step's own time (0: no pauses)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
     return parser.parse_args(argv)
 
@@ -125,7 +131,9 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
             worker.start(1)
             sampling = asyncio.create_task(progress.run(sampler, TOPIC))
             try:
-                trim = await _trim_during_ingest(engine, conn, worker, progress, args.events)
+                trim = await _trim_during_ingest(
+                    engine, conn, worker, progress, args.events, args.pause_factor
+                )
             finally:
                 sampling.cancel()
                 codes = await asyncio.to_thread(worker.stop)
@@ -158,7 +166,12 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
 
 
 async def _trim_during_ingest(
-    engine: AsyncEngine, conn: db.Connection, worker: Replicas, progress: Progress, backlog: int
+    engine: AsyncEngine,
+    conn: db.Connection,
+    worker: Replicas,
+    progress: Progress,
+    backlog: int,
+    pause_factor: float,
 ) -> dict[str, Any]:
     """Wait for full speed, trim, and take the rates around it."""
     deadline = time.monotonic() + 120
@@ -174,7 +187,7 @@ async def _trim_during_ingest(
     cpu_before = server.seconds()
     started = time.monotonic()
     cutoff = datetime.now(UTC) - RETENTION
-    dropped = await time_partitions.drop_expired(engine, cutoff, lease)
+    dropped = await time_partitions.drop_expired(engine, cutoff, lease, pause_factor)
     drop_s = time.monotonic() - started
     # The rest of the trim as the leader runs it: partitions ahead, and the
     # rows left older than the cutoff (none were written here).
@@ -203,6 +216,7 @@ async def _trim_during_ingest(
         after,
     )
     return {
+        "pause_factor": pause_factor,
         "drop_seconds": round(drop_s, 4),
         "detach_seconds": round(sum(d.detach_s for d in dropped), 4),
         "drop_steps": len(steps),
