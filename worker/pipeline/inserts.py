@@ -1,7 +1,7 @@
 """Idempotent row inserts, one way per dialect.
 
 PostgreSQL, first choice: binary COPY into both tables, in a savepoint. It
-costs the database about a fifth less CPU than the INSERT and needs no
+costs the database about a third less CPU than the INSERT and needs no
 conflict check; but COPY cannot skip a row already stored. So when COPY meets
 an event already stored (a producer's retry, a replay) or any other error,
 the savepoint is rolled back and the batch goes through the INSERT below,
