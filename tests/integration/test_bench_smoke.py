@@ -61,9 +61,16 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     }
     for name, measurement in measured.items():
         assert measurement["events_per_s"] > 0, name
-        if name != CONSUME_CEILING:
-            # The server's CPU over the phase: never nothing, as it stored rows.
-            assert measurement["server_cpu_s_per_10k_events"] > 0, name
+    server = {
+        name: m["server_cpu_s_per_10k_events"]
+        for name, m in measured.items()
+        if name != CONSUME_CEILING
+    }
+    # Measured for every phase that stores rows. The kernel counts a
+    # process's CPU in 10 ms ticks, and a phase of 2,000 events can take less
+    # than that in each backend: only the sum must show it.
+    assert all(cpu is not None and cpu >= 0 for cpu in server.values()), server
+    assert sum(server.values()) > 0, server
     assert result["preloaded"]["events"] == PRELOAD
     # Each "at size" worker check compares the rows it added with the topic's.
     assert {c["what"]: c["actual"] for c in result["checks"]}[f"{WORKER_1 + at}: events rows"] == (

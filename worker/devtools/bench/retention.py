@@ -174,12 +174,7 @@ async def _trim_during_ingest(
     pause_factor: float,
 ) -> dict[str, Any]:
     """Wait for full speed, trim, and take the rates around it."""
-    deadline = time.monotonic() + 120
-    while progress.at(time.monotonic()) == 0:
-        worker.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker stored nothing in 120 s:\n{worker.log_tail(0)}")
-        await asyncio.sleep(SAMPLE_S)
+    await _first_rows(worker, progress)
     await asyncio.sleep(WARM_UP_S + WINDOW_S)
     lease = await leader.acquire(engine, "retention", "bench", timedelta(minutes=5))
     settings = Settings(retention=RETENTION)
@@ -199,21 +194,16 @@ async def _trim_during_ingest(
     span_s = max(drop_s, WINDOW_S)
     end = started + span_s + WINDOW_S
     await asyncio.sleep(max(0.0, end - time.monotonic()) + SAMPLE_S * 2)
-    before = progress.rate(started - WINDOW_S, started)
-    during = progress.rate(started, started + span_s)
-    after = progress.rate(started + span_s, end)
+    rates = _rates(progress, started, span_s, backlog)
     steps = [s for d in dropped for s in (d.detach_s, *d.steps_s)]
     log.info(
-        "drop %.3f s (%d steps, %.3f s of them), whole trim %.3f s, %s; "
-        "ingest %.0f/s before, %.0f/s during, %.0f/s after",
+        "drop %.3f s (%d steps, %.3f s of them), whole trim %.3f s, %s; ingest %s",
         drop_s,
         len(steps),
         sum(steps),
         trim_s,
         trimmed,
-        before,
-        during,
-        after,
+        rates,
     )
     return {
         "pause_factor": pause_factor,
@@ -226,6 +216,27 @@ async def _trim_during_ingest(
         "trim_server_cpu_seconds": round(trim_cpu, 3),
         "partitions_dropped": len(dropped) + trimmed.partitions,
         "rows_deleted_by_trim": trimmed.events + trimmed.resources,
+        **rates,
+    }
+
+
+async def _first_rows(worker: Replicas, progress: Progress) -> None:
+    deadline = time.monotonic() + 120
+    while progress.at(time.monotonic()) == 0:
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker stored nothing in 120 s:\n{worker.log_tail(0)}")
+        await asyncio.sleep(SAMPLE_S)
+
+
+def _rates(progress: Progress, started: float, span_s: float, backlog: int) -> dict[str, Any]:
+    """Ingest in the WINDOW_S before `started`, over the `span_s` from it, and
+    in the WINDOW_S after that."""
+    end = started + span_s + WINDOW_S
+    before = progress.rate(started - WINDOW_S, started)
+    during = progress.rate(started, started + span_s)
+    after = progress.rate(started + span_s, end)
+    return {
         "ingest_before_per_s": round(before, 1),
         "ingest_during_per_s": round(during, 1),
         "ingest_ratio": round(during / before, 3) if before else None,
