@@ -9,12 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import orjson
+import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.support import counts, settings_for, unique
 from tests.records import msgs
+from worker.core.errors import ErrorKind, classify
 from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.batching import Record
@@ -93,3 +97,24 @@ async def test_a_resource_row_already_stored_sends_the_batch_through_insert(
     assert len(seen) == 1
     assert (written.events, written.resources) == (10, 9)
     assert await counts(engine) == (10, 10, 0)
+
+
+async def test_a_connection_broken_mid_copy_is_retried_on_a_new_one(
+    stack_info: StackInfo, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(stack_info, unique("copy"))
+    writer = BatchWriter(settings, engine)
+    events = [make_event(random.Random(8), related=0)]
+
+    async def broken(self: asyncpg.Connection, *_args: Any, **_kwargs: Any) -> None:
+        self.terminate()
+        raise asyncpg.ConnectionDoesNotExistError("closed in the middle of operation")
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", broken)
+    with pytest.raises(OperationalError) as raised:
+        await writer.write(("copy", 0), None, batch(events, 0))
+    assert classify(raised.value) is ErrorKind.TRANSIENT
+    monkeypatch.undo()
+    written = await writer.write(("copy", 0), None, batch(events, 0))
+    assert (written.events, written.resources) == (1, 1)
+    assert await counts(engine) == (1, 1, 0)

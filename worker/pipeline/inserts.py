@@ -106,14 +106,15 @@ async def copy_events_and_resources(
         await driver.copy_records_to_table(
             "event_resources", records=map(_RESOURCE_TUPLE, resources), columns=RESOURCE_COLUMNS
         )
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        # The connection broke mid-COPY (asyncpg's connection errors are
+        # PostgresErrors too, hence first): never hand it back to the pool.
+        await conn.invalidate()
+        raise OperationalError("COPY events", None, exc) from exc
     except asyncpg.PostgresError:
         # The server answered: the transaction stands, the savepoint goes.
         await savepoint.rollback()
         return None
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        # The connection broke mid-COPY: never hand it back to the pool.
-        await conn.invalidate()
-        raise OperationalError("COPY events", None, exc) from exc
     await savepoint.commit()
     return len(event_rows), len(resources)
 
