@@ -1,9 +1,16 @@
 """The event envelope (Prefect's), validated straight from the message bytes.
 
+Two readers apply the same rules. `read_envelope` is the worker's: msgspec
+decodes the bytes into an `Envelope` (about a fifth of pydantic's time, and the
+payload is kept as the producer's JSON text, never parsed into objects), then
+the rules below run on it. Whatever it does not take goes to pydantic's
+`Event`, which reads a few more forms (numeric timestamps, for one) and says
+exactly which field breaks which rule.
+
 Limits that are settings (related count, label count, resource id bytes, the
-naive-timestamp rule) come in through the validation context, so one model
-serves every configuration: ``Event.model_validate_json(raw, context=limits)``.
-Values that land in an index are bounded in UTF-8 bytes (see `schemas.limits`).
+naive-timestamp rule) come in as ``limits`` (the validation context, for
+`Event`), so one definition serves every configuration. Values that land in an
+index are bounded in UTF-8 bytes (see `schemas.limits`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.limits import (
@@ -29,8 +37,8 @@ DEFAULT_MAX_RELATED = 100
 DEFAULT_MAX_LABELS = 500
 
 
-def _limit(context: Any, name: str, default: Any) -> Any:
-    return default if context is None else getattr(context, name, default)
+def _limit(limits: Any, name: str, default: Any) -> Any:
+    return default if limits is None else getattr(limits, name, default)
 
 
 def _check_labels(
@@ -56,6 +64,48 @@ def _check_bytes(name: str, text: str, max_bytes: int) -> None:
         raise ValueError(f"{name} is {size} bytes in UTF-8, more than {max_bytes}")
 
 
+def in_utc(value: datetime, limits: Any) -> datetime:
+    """A plain datetime in datetime.UTC: drivers write it fastest and it
+    compares equal everywhere (pydantic hands back its own tzinfo class)."""
+    offset = value.utcoffset()
+    if offset is None:
+        if _limit(limits, "naive_timestamps", "utc") == "reject":
+            raise ValueError("timestamp has no time zone")
+        return value.replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if not offset else value.astimezone(UTC)
+
+
+def check_event_name(value: str) -> str:
+    if len(value) * 4 > MAX_EVENT_NAME_BYTES:
+        _check_bytes("event name", value, MAX_EVENT_NAME_BYTES)
+    return value
+
+
+def check_resource(value: dict[str, str], limits: Any) -> dict[str, str]:
+    max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
+    max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
+    _check_labels(value, max_labels, max_id_bytes, "resource")
+    return value
+
+
+def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, str]]:
+    if not value:
+        return value
+    max_related = _limit(limits, "max_related", DEFAULT_MAX_RELATED)
+    if len(value) > max_related:
+        raise ValueError(f"{len(value)} related resources, more than {max_related}")
+    max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
+    max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
+    for i, labels in enumerate(value):
+        _check_labels(labels, max_labels, max_id_bytes, i)
+        role = labels.get(RESOURCE_ROLE)
+        if not role or len(role) * 4 > MAX_ROLE_BYTES:
+            if not role:
+                raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
+            _check_bytes(f"related[{i}] {RESOURCE_ROLE!r}", role, MAX_ROLE_BYTES)
+    return value
+
+
 class Event(BaseModel):
     """One event. Unknown fields are ignored; timestamps end up in UTC.
 
@@ -77,53 +127,110 @@ class Event(BaseModel):
     @field_validator("occurred", "received")
     @classmethod
     def _to_utc(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        if value is None:
-            return None
-        # A plain datetime in datetime.UTC: drivers write it fastest and it
-        # compares equal everywhere (pydantic hands back its own tzinfo class).
-        offset = value.utcoffset()
-        if offset is None:
-            if _limit(info.context, "naive_timestamps", "utc") == "reject":
-                raise ValueError("timestamp has no time zone")
-            return value.replace(tzinfo=UTC)
-        return value.replace(tzinfo=UTC) if not offset else value.astimezone(UTC)
+        return None if value is None else in_utc(value, info.context)
 
     @field_validator("event")
     @classmethod
     def _event_bytes(cls, value: str) -> str:
-        if len(value) * 4 > MAX_EVENT_NAME_BYTES:
-            _check_bytes("event name", value, MAX_EVENT_NAME_BYTES)
-        return value
+        return check_event_name(value)
 
     @field_validator("resource")
     @classmethod
     def _resource(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        limits = info.context
-        max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
-        max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
-        _check_labels(value, max_labels, max_id_bytes, "resource")
-        return value
+        return check_resource(value, info.context)
 
     @field_validator("related")
     @classmethod
     def _related(cls, value: list[dict[str, str]], info: ValidationInfo) -> list[dict[str, str]]:
-        if not value:
-            return value
-        limits = info.context
-        max_related = _limit(limits, "max_related", DEFAULT_MAX_RELATED)
-        if len(value) > max_related:
-            raise ValueError(f"{len(value)} related resources, more than {max_related}")
-        max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
-        max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
-        for i, labels in enumerate(value):
-            _check_labels(labels, max_labels, max_id_bytes, i)
-            role = labels.get(RESOURCE_ROLE)
-            if not role or len(role) * 4 > MAX_ROLE_BYTES:
-                if not role:
-                    raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
-                _check_bytes(f"related[{i}] {RESOURCE_ROLE!r}", role, MAX_ROLE_BYTES)
-        return value
+        return check_related(value, info.context)
 
     @property
     def resource_id(self) -> str:
         return self.resource[RESOURCE_ID]
+
+
+class _Fields(msgspec.Struct, frozen=True):
+    id: UUID
+    occurred: datetime
+    event: str
+    resource: dict[str, str]
+    related: list[dict[str, str]] = []
+    follows: UUID | None = None
+    received: datetime | None = None
+
+    @property
+    def resource_id(self) -> str:
+        return self.resource[RESOURCE_ID]
+
+
+class Envelope(_Fields, frozen=True):
+    """An event as `read_envelope` returns it: `Event`'s fields and rules, but
+    the payload is the producer's JSON text of an object, as it came."""
+
+    payload: str = "{}"
+
+
+class _Wire(_Fields, frozen=True):
+    """The fields as msgspec reads them: the payload left as raw JSON."""
+
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _Payload(msgspec.Struct):
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_WIRE = msgspec.json.Decoder(_Wire)
+_PAYLOAD = msgspec.json.Decoder(_Payload)
+
+
+class PayloadNotJson(ValueError):
+    """pydantic reads NaN and Infinity as numbers; they are not JSON, and no
+    JSON column holds them."""
+
+
+def read_envelope(raw: bytes, limits: Any = None) -> Envelope:
+    """The envelope in `raw`; raises pydantic's ValidationError, naming the
+    field and the rule, when it breaks one (see the module docstring), and
+    PayloadNotJson."""
+    try:
+        return _checked(_WIRE.decode(raw), limits)
+    except (msgspec.DecodeError, ValueError):
+        # UnicodeDecodeError (a payload that is not UTF-8) is a ValueError.
+        pass
+    event = Event.model_validate_json(raw, context=limits)
+    try:
+        payload = str(_PAYLOAD.decode(raw).payload, "utf-8")
+    except msgspec.DecodeError as exc:
+        raise PayloadNotJson("NaN or Infinity is not JSON") from exc
+    return Envelope(
+        id=event.id,
+        occurred=event.occurred,
+        event=event.event,
+        resource=event.resource,
+        related=event.related,
+        follows=event.follows,
+        received=event.received,
+        payload=payload,
+    )
+
+
+def _checked(wire: _Wire, limits: Any) -> Envelope:
+    payload = str(wire.payload, "utf-8")
+    if not payload.startswith("{") or not 0 < len(wire.event) <= MAX_EVENT_NAME_CHARS:
+        raise ValueError("not an object, or a name out of bounds: Event says which")
+    occurred, received = wire.occurred, wire.received
+    if occurred.tzinfo is not UTC:
+        occurred = in_utc(occurred, limits)
+    if received is not None and received.tzinfo is not UTC:
+        received = in_utc(received, limits)
+    return Envelope(
+        id=wire.id,
+        occurred=occurred,
+        event=check_event_name(wire.event),
+        resource=check_resource(wire.resource, limits),
+        related=check_related(wire.related, limits),
+        follows=wire.follows,
+        received=received,
+        payload=payload,
+    )

@@ -6,8 +6,9 @@ import json
 import math
 import random
 from typing import Any
+from uuid import uuid4
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
@@ -72,6 +73,35 @@ async def test_database_rejected_rows_are_isolated(
     # (any method needs log2(C(1000, 3)) ~ 28 attempts for 3 unknown rows).
     bound = 2 * len(bad_positions) * math.ceil(math.log2(1_000))
     assert 0 < persister.stats.isolation_attempts <= bound
+
+
+async def test_payload_numbers_of_any_size_are_stored_as_written(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    """The payload goes to the database as the producer's JSON text: numbers
+    beyond 64 bits or a double's range are kept, not rejected or rounded."""
+    topic = unique("numbers")
+    await create_topic(stack_info, topic, 1)
+    event = make_event(random.Random(5))
+    numbers = [str(2**70), "1e400", "-0.10000000000000000000000000001"]
+    values = [
+        json.dumps({**event, "id": str(uuid4()), "payload": {"n": "?"}})
+        .encode()
+        .replace(b'"?"', number.encode())
+        for number in numbers
+    ]
+    await send(stack_info, topic, values)
+    settings = settings_for(stack_info, topic)
+    async with running(Persister(settings, engine)):
+
+        async def done() -> bool:
+            return await stored_offsets(engine, settings.group_id, topic) == {0: 3}
+
+        await wait_until(done, 30, "the events to be written")
+    async with engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT payload->>'n' FROM events"))).scalars().all()
+    assert sorted(stored) == sorted([str(2**70), "1" + "0" * 400, numbers[2]])
+    assert (await counts(engine))[2] == 0
 
 
 async def test_bad_messages_reach_table_and_topic_once(

@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 import pytest
 
-from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
+from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Envelope
 from tests.records import Msg, msgs
 from worker.core.settings import Limits
 from worker.pipeline.decoding import MAX_ERROR_CHARS, Rejection, decode, received_at, to_rows
@@ -69,7 +69,7 @@ def rel(id: str, role: str, **extra: str) -> dict[str, str]:
 
 def test_valid_message_decodes_to_an_event() -> None:
     event = decode(record(raw()), LIMITS, MAX)
-    assert isinstance(event, Event)
+    assert isinstance(event, Envelope)
     assert event.id == ID_A
     assert event.occurred == OCCURRED
 
@@ -80,7 +80,7 @@ def test_tombstone_is_rejected() -> None:
 
 
 def test_message_of_exactly_max_message_bytes_is_decoded() -> None:
-    assert isinstance(decode(record(sized(MAX)), LIMITS, MAX), Event)
+    assert isinstance(decode(record(sized(MAX)), LIMITS, MAX), Envelope)
 
 
 def test_message_one_byte_over_max_message_bytes_is_too_large() -> None:
@@ -96,7 +96,7 @@ def test_size_is_checked_before_the_message_is_parsed() -> None:
 
 def test_the_key_does_not_count_towards_max_message_bytes() -> None:
     r = Msg("t", 0, 0, sized(MAX), key=b"k" * MAX)
-    assert isinstance(decode(r, LIMITS, MAX), Event)
+    assert isinstance(decode(r, LIMITS, MAX), Envelope)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_an_envelope_error_names_the_nested_location() -> None:
 
 def test_decode_applies_the_limits() -> None:
     value = raw(related=[rel("a", "x"), rel("b", "x")])
-    assert isinstance(decode(record(value), Limits(max_related=2), MAX), Event)
+    assert isinstance(decode(record(value), Limits(max_related=2), MAX), Envelope)
     result = rejection(value, Limits(max_related=1))
     assert (result.error_class, result.error) == (
         "InvalidEnvelope",
@@ -160,7 +160,7 @@ def test_decode_applies_the_limits() -> None:
 
 def test_decode_applies_the_resource_id_limit_in_bytes() -> None:
     value = raw(resource={RESOURCE_ID: "é" * 600})
-    assert isinstance(decode(record(value), Limits(max_resource_id_bytes=1200), MAX), Event)
+    assert isinstance(decode(record(value), Limits(max_resource_id_bytes=1200), MAX), Envelope)
     result = rejection(value, Limits(max_resource_id_bytes=1199))
     assert (result.error_class, result.error) == (
         "InvalidEnvelope",
@@ -172,7 +172,7 @@ def test_decode_applies_the_resource_id_limit_in_bytes() -> None:
 def test_decode_applies_the_naive_timestamp_rule() -> None:
     value = raw(occurred="2026-01-02T03:04:05")
     event = decode(record(value), LIMITS, MAX)
-    assert isinstance(event, Event) and event.occurred == OCCURRED
+    assert isinstance(event, Envelope) and event.occurred == OCCURRED
     result = rejection(value, Limits(naive_timestamps="reject"))
     assert (result.error_class, result.error) == (
         "InvalidEnvelope",
@@ -223,7 +223,8 @@ def test_event_row_has_every_column() -> None:
             "resource": '{"prefect.resource.id":"prefect.flow-run.1"}',
             "related_resource_ids": '["r1"]',
             "related": orjson.dumps(related).decode(),
-            "payload": '{"k":[1,2]}',
+            # The producer's text, as it came.
+            "payload": '{"k": [1, 2]}',
             "received": RECORD_TIME,
             "follows": FOLLOWS,
         }
@@ -301,12 +302,21 @@ def test_related_resource_ids_follow_the_related_list_in_order() -> None:
     assert orjson.loads(rows.events[0]["related"]) == related
 
 
-def test_json_that_cannot_be_stored_is_rejected_before_the_database() -> None:
+def test_an_integer_beyond_64_bits_in_the_payload_is_kept_as_written() -> None:
     rows = to_rows([record(raw(payload={"big": 2**70}))], LIMITS, MAX)
-    assert rows.events == []
-    assert [(r.error_class, r.error) for r in rows.rejections] == [
-        ("InvalidEnvelope", "payload: Integer exceeds 64-bit range")
-    ]
+    assert [e["payload"] for e in rows.events] == [f'{{"big": {2**70}}}']
+    assert rows.rejections == []
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_or_infinity_in_the_payload_is_invalid_json(number: bytes) -> None:
+    # pydantic reads them (a Unix timestamp sends the message to pydantic),
+    # but they are not JSON: stored, they would be lost as null.
+    value = raw(occurred=1767323045, payload={"n": "?"}).replace(b'"?"', number)
+    assert (rejection(value).error_class, rejection(value).error) == (
+        "InvalidJson",
+        "payload: NaN or Infinity is not JSON",
+    )
 
 
 def test_duplicate_ids_in_a_batch_give_one_event_row_and_the_first_wins() -> None:

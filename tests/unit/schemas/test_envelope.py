@@ -1,5 +1,7 @@
 """The event envelope: every limit on both sides of its bound. Events are
-validated from JSON bytes, as the worker does, with the limits in the context."""
+validated from JSON bytes by both readers, with the same limits: the worker's
+`read_envelope` must take exactly what pydantic's `Event` takes, give the same
+values, and fail with the same errors."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
+import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Event
+from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Envelope, Event, read_envelope
 from worker.core.settings import Limits
 
 EVENT_ID = "0b1e3c1e-7a4c-4f2a-9a53-3c2f4c9b6f10"
@@ -30,17 +34,35 @@ def envelope(**fields: Any) -> dict[str, Any]:
 
 
 def validate(data: Any, limits: Limits | None = None) -> Event:
-    return Event.model_validate_json(json.dumps(data), context=limits)
+    """pydantic's event, after checking that the worker's reader gives the
+    same fields (the payload as JSON text of the same object)."""
+    raw = json.dumps(data).encode()
+    event = Event.model_validate_json(raw, context=limits)
+    envelope = read_envelope(raw, limits)
+    assert msgspec.structs.asdict(envelope) == {
+        **event.model_dump(),
+        "payload": envelope.payload,
+    }
+    assert orjson.loads(envelope.payload) == event.payload
+    return event
 
 
-def rejected(data: Any, limits: Limits | None = None) -> list[dict[str, Any]]:
-    """The validation errors, without URLs and inputs."""
-    with pytest.raises(ValidationError) as info:
-        validate(data, limits)
+def errors(info: pytest.ExceptionInfo[ValidationError]) -> list[dict[str, Any]]:
     return [
         {"loc": e["loc"], "type": e["type"], "msg": e["msg"]}
         for e in info.value.errors(include_url=False, include_input=False)
     ]
+
+
+def rejected(data: Any, limits: Limits | None = None) -> list[dict[str, Any]]:
+    """The validation errors, without URLs and inputs; the same from both readers."""
+    raw = json.dumps(data).encode()
+    with pytest.raises(ValidationError) as by_event:
+        Event.model_validate_json(raw, context=limits)
+    with pytest.raises(ValidationError) as by_reader:
+        read_envelope(raw, limits)
+    assert errors(by_reader) == errors(by_event)
+    return errors(by_event)
 
 
 def value_error(field: str, message: str) -> list[dict[str, Any]]:
@@ -471,3 +493,32 @@ def test_a_json_array_is_not_an_envelope() -> None:
     assert rejected([envelope()]) == [
         {"loc": (), "type": "model_type", "msg": "Input should be an object"}
     ]
+
+
+# --- the worker's reader -----------------------------------------------------------
+
+
+def test_the_payload_is_kept_as_the_producers_json_text() -> None:
+    raw = json.dumps(envelope()).encode()[:-1] + b', "payload": {"b": 1,  "a": [2**70]}}'
+    raw = raw.replace(b"[2**70]", str([2**70]).encode())
+    assert read_envelope(raw).payload == f'{{"b": 1,  "a": [{2**70}]}}'
+
+
+def test_a_form_only_pydantic_reads_gives_the_same_envelope() -> None:
+    # A Unix timestamp: msgspec reads RFC 3339 text only.
+    event = validate(envelope(occurred=1767323045, payload={"k": "v"}))
+    assert event.occurred == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_a_payload_that_is_not_utf8_is_invalid_json() -> None:
+    raw = json.dumps(envelope(payload={"k": "?"})).encode().replace(b'"?"', b'"\xff"')
+    with pytest.raises(ValidationError) as info:
+        read_envelope(raw)
+    assert [e["type"] for e in errors(info)] == ["json_invalid"]
+
+
+def test_envelopes_are_frozen() -> None:
+    envelope_ = read_envelope(json.dumps(envelope()).encode())
+    assert isinstance(envelope_, Envelope)
+    with pytest.raises(AttributeError):
+        envelope_.event = "changed"  # type: ignore[misc]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.events import Event
+from schemas.events import read_envelope
 from worker.core.settings import Limits, Settings
 from worker.devtools.bench import db, reference
 from worker.devtools.bench.dataset import CopyChunk
@@ -54,7 +54,7 @@ async def consume(bootstrap_servers: str, topic: str, ends: dict[int, int]) -> P
             fetched = await consumer.getmany(*left, timeout_ms=1000)
             for tp, records in fetched.items():
                 for record in records:
-                    Event.model_validate_json(record.value, context=limits)
+                    read_envelope(record.value, limits)
                 read += len(records)
                 if records and records[-1].offset + 1 >= left[tp]:
                     del left[tp]
