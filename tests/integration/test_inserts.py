@@ -58,7 +58,7 @@ async def test_batches_go_in_by_copy_and_stored_events_switch_to_insert(
     rng = random.Random(5)
     # Distinct related resources, so each event has 1 + related resource rows.
     fresh = [[make_event(rng, related=1) for _ in range(50)] for _ in range(4)]
-    inserts_per_batch = []
+    inserts_per_batch, flagged = [], []
     stored = None
     for number, (events, first) in enumerate(
         [
@@ -71,10 +71,13 @@ async def test_batches_go_in_by_copy_and_stored_events_switch_to_insert(
         with inserts_seen(engine) as seen:
             written = await writer.write(tp, stored, batch(events, first))
         inserts_per_batch.append(len(seen))
+        flagged.append(written.inserted)
         stored = first + len(events)
         new = events[20:] if number == 1 else events
         assert (written.events, written.resources) == (len(new), resource_rows(new))
     assert inserts_per_batch == [0, 1, 1, 0]
+    # What persister_insert_batches_total counts.
+    assert flagged == [False, True, True, False]
     every = [e for events in fresh for e in events]
     assert await counts(engine) == (200, resource_rows(every), 0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,13 @@ from worker.pipeline.decoding import to_rows
 from worker.pipeline.inserts import insert_events_and_resources
 from worker.services import time_partitions
 from worker.services.retention import trim
-from worker.services.time_partitions import drop_expired, ensure, ensure_for, partitions
+from worker.services.time_partitions import (
+    drop_expired,
+    ensure,
+    ensure_for,
+    partitions,
+    pause_after,
+)
 
 DAY = timedelta(days=1)
 NOW = datetime.now(UTC)
@@ -262,7 +269,13 @@ async def test_files_go_in_fenced_steps_and_a_stopped_removal_is_finished_by_the
     monkeypatch.setattr(time_partitions, "_fenced", fenced)
     second = await acquire(engine, "retention", "b", timedelta(seconds=30))
     assert second is not None
+    started = time.monotonic()
     dropped = await drop_expired(engine, NOW - 7 * DAY, second)
+    # After each step, a pause four times as long (the leftovers' steps and
+    # pauses come on top).
+    steps_s = [s for d in dropped for s in d.steps_s]
+    paced_s = sum(steps_s) + sum(pause_after(s) for s in steps_s)
+    assert time.monotonic() - started >= paced_s + sum(d.detach_s for d in dropped)
     assert await tables_like(engine, "%\\_expired") == []
     assert name in [d.name for d in dropped]
     # Each: four indexes and the table, then the twin's two and the table.

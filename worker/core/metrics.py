@@ -39,6 +39,12 @@ resource_rows = Counter(
     "persister_resource_rows", "Resource rows written to the database", registry=registry
 )
 batches = Counter("persister_batches", "Batches committed", registry=registry)
+insert_batches = Counter(
+    "persister_insert_batches",
+    "Batches whose events went in by INSERT ... ON CONFLICT instead of COPY (after a "
+    "batch that met stored events, a refused COPY, or on SQLite)",
+    registry=registry,
+)
 batch_size = Histogram(
     "persister_batch_size_events",
     "Records per committed batch",
@@ -163,8 +169,11 @@ def observe_batch(
     rejected: tuple[tuple[int, str], ...],
     flush_s: float,
     oldest_timestamp_ms: int | None,
+    inserted: bool = False,
 ) -> None:
     batches.inc()
+    if inserted:
+        insert_batches.inc()
     batch_size.observe(n_records)
     flush_seconds.observe(flush_s)
     events_persisted.inc(n_events)

@@ -35,6 +35,7 @@ def report_write(
             written.rejected,
             took_s,
             min((r.timestamp for r in batch if r.timestamp is not None), default=None),
+            written.inserted,
         )
     if state.failures and state.failing_since is not None:
         logger.info(

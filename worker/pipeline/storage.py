@@ -56,6 +56,8 @@ class Written:
     # The offset and error class of each message of the batch that was
     # dead-lettered.
     rejected: tuple[tuple[int, str], ...] = ()
+    # The events went in by INSERT ... ON CONFLICT, not by COPY.
+    inserted: bool = False
 
 
 def _json(value: Any) -> str:
@@ -157,15 +159,16 @@ async def advance_offset(
 
 async def insert_rows(
     conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows, copy: bool = False
-) -> tuple[int, int]:
+) -> tuple[int, int, bool]:
     """Insert events idempotently, and resource rows for the new ones only;
-    with `copy` (PostgreSQL), try COPY first (see `worker.pipeline.inserts`)."""
+    with `copy` (PostgreSQL), try COPY first (see `worker.pipeline.inserts`).
+    Returns (new events, resource rows, whether the INSERT wrote them)."""
     resources = [r for row in event_rows for r in rows.resources[row["id"]]]
     if copy and conn.dialect.name == "postgresql":
         copied = await copy_events_and_resources(conn, event_rows, resources)
         if copied is not None:
-            return copied
-    return await insert_events_and_resources(conn, event_rows, resources)
+            return *copied, False
+    return *await insert_events_and_resources(conn, event_rows, resources), bool(event_rows)
 
 
 @dataclass
@@ -187,7 +190,7 @@ class Isolation:
             self.attempts += 1
             try:
                 async with self.conn.begin_nested():
-                    n_events, n_resources = await insert_rows(self.conn, part, self.rows)
+                    n_events, n_resources, _ = await insert_rows(self.conn, part, self.rows)
             except StatementError as exc:
                 if classify(exc) is not ErrorKind.DATA:
                     raise
@@ -292,15 +295,16 @@ async def write_batch(
     """
     async with engine.begin() as conn:
         await advance_offset(conn, group_id, tp, expected, next_offset)
+        inserted = isolate and bool(rows.events)
         if isolate:
             isolation = Isolation(conn, rows)
             rejected = await isolation.run(rows.events, known_bad=True)
             n_events, n_resources = isolation.events, isolation.resources
         else:
             rejected = []
-            n_events, n_resources = await insert_rows(conn, rows.events, rows, copy)
+            n_events, n_resources, inserted = await insert_rows(conn, rows.events, rows, copy)
         letters = [*rows.rejections, *rejected]
         n_dead = await insert_dead_letters(conn, group_id, letters)
     attempts = isolation.attempts if isolate else 0
     classes = tuple((r.record.offset, r.error_class) for r in letters)
-    return Written(n_events, n_resources, n_dead, attempts, classes)
+    return Written(n_events, n_resources, n_dead, attempts, classes, inserted)

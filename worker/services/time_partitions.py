@@ -217,8 +217,13 @@ async def _remove(
             if not await _fenced(engine, lease, [statement]):
                 return None
             steps_s.append(time.monotonic() - started)
-            await asyncio.sleep(min(steps_s[-1] * pause_factor, MAX_PAUSE_S))
+            await asyncio.sleep(pause_after(steps_s[-1], pause_factor))
     return steps_s
+
+
+def pause_after(step_s: float, pause_factor: float = PAUSE_FACTOR) -> float:
+    """The seconds to wait after a step of removing files that took `step_s`."""
+    return min(step_s * pause_factor, MAX_PAUSE_S)
 
 
 async def _index_drops(engine: AsyncEngine, table: str) -> list[str]:
