@@ -1,9 +1,9 @@
 """The event envelope (Prefect's), validated straight from the message bytes.
 
 Two readers apply the same rules. `read_envelope` is the worker's: msgspec
-decodes the bytes into an `Envelope` (about a fifth of pydantic's time, and the
-payload is kept as the producer's JSON text, never parsed into objects), then
-the rules below run on it. Whatever it does not take goes to pydantic's
+decodes the bytes (in a third of pydantic's time; half, with the rules), keeps
+the payload as the producer's JSON text, never parsed into objects, and the
+rules below run on the result. Whatever it does not take goes to pydantic's
 `Event`, which reads a few more forms (numeric timestamps, for one) and says
 exactly which field breaks which rule.
 

@@ -194,7 +194,7 @@ async def _trim_during_ingest(
     span_s = max(drop_s, WINDOW_S)
     end = started + span_s + WINDOW_S
     await asyncio.sleep(max(0.0, end - time.monotonic()) + SAMPLE_S * 2)
-    rates = _rates(progress, started, span_s, backlog)
+    rates = _rates(progress, started, span_s, end, backlog)
     steps = [s for d in dropped for s in (d.detach_s, *d.steps_s)]
     log.info(
         "drop %.3f s (%d steps, %.3f s of them), whole trim %.3f s, %s; ingest %s",
@@ -229,10 +229,11 @@ async def _first_rows(worker: Replicas, progress: Progress) -> None:
         await asyncio.sleep(SAMPLE_S)
 
 
-def _rates(progress: Progress, started: float, span_s: float, backlog: int) -> dict[str, Any]:
+def _rates(
+    progress: Progress, started: float, span_s: float, end: float, backlog: int
+) -> dict[str, Any]:
     """Ingest in the WINDOW_S before `started`, over the `span_s` from it, and
-    in the WINDOW_S after that."""
-    end = started + span_s + WINDOW_S
+    from then until `end`."""
     before = progress.rate(started - WINDOW_S, started)
     during = progress.rate(started, started + span_s)
     after = progress.rate(started + span_s, end)
