@@ -61,6 +61,7 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     }
     for name, measurement in measured.items():
         assert measurement["events_per_s"] > 0, name
+        assert measurement["events_per_s_once_writing"] > 0, name
     server = {
         name: m["server_cpu_s_per_10k_events"]
         for name, m in measured.items()

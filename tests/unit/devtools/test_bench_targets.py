@@ -116,3 +116,25 @@ def test_values_alone_are_the_datasets_values() -> None:
         return [{k: v for k, v in orjson.loads(b).items() if k != "occurred"} for b in values]
 
     assert without_time(make_values(50, seed=3)) == without_time(make_dataset(50, seed=3).values)
+
+
+def test_workers_are_compared_once_writing_as_copy_is_timed() -> None:
+    run = Results(events=10_000, started="", machine={})
+    run.phases += [
+        # COPY: 10,000 events/s from its first transaction.
+        Phase(PREVIOUS_COPY, 10_000, 1.0),
+        # 10,000 events in 1.25 s from process start (8,000/s); 9,000 of
+        # them in 0.75 s from the first commit to the last (12,000/s).
+        Phase(WORKER_1, 10_000, 1.25, writing=(9_000, 0.75)),
+    ]
+
+    worker = run.phase(WORKER_1)
+    assert worker is not None
+    assert (worker.rate, worker.writing_rate) == (8_000, 12_000)
+    assert worker.as_json()["events_per_s_once_writing"] == 12_000
+    assert run.ratio(WORKER_1, PREVIOUS_COPY) == 1.2
+
+
+def test_a_worker_that_committed_once_is_compared_from_its_start() -> None:
+    phase = Phase(WORKER_1, 10_000, 1.25)
+    assert phase.writing_rate == phase.rate == 8_000

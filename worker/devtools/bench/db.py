@@ -78,6 +78,25 @@ async def stored_offsets(conn: Connection, group_id: str, topic: str) -> dict[in
     return {int(row[0]): int(row[1]) for row in rows}
 
 
+# Each worker transaction stamps its rows with one `recorded` (now(), its
+# start): the rows after the first transaction over the time from its start
+# to the last one's is the rate once writing, start-up left out.
+WRITING_SQL = """
+SELECT sum(n) - (array_agg(n ORDER BY recorded))[1],
+       extract(epoch FROM max(recorded) - min(recorded))
+FROM (SELECT recorded, count(*) AS n FROM events WHERE recorded >= $1 GROUP BY recorded) AS t
+"""
+
+
+async def writing(conn: Connection, since: datetime) -> tuple[int, float] | None:
+    """(events, seconds) written from the first transaction since `since` to
+    the last (see WRITING_SQL); None with fewer than two transactions."""
+    events, seconds = await conn.fetchrow(WRITING_SQL, since)
+    if not events or not seconds:
+        return None
+    return int(events), float(seconds)
+
+
 async def latency(
     conn: Connection,
     name: str,

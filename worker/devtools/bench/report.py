@@ -28,7 +28,7 @@ def print_report(results: Results, console: Console) -> None:
         " events/s); not part of any row below"
     )
     table = Table(title=f"{results.events:,} events, {results.machine['nproc']} cores")
-    for column in ("measurement", "events", "seconds", "events/s"):
+    for column in ("measurement", "events", "seconds", "events/s", "events/s\nonce writing"):
         table.add_column(column, justify="left" if column == "measurement" else "right")
     table.add_column("peak RSS MiB\n(per replica)", justify="right")
     table.add_column("CPU s / 10k\n(all replicas)", justify="right")
@@ -41,6 +41,7 @@ def print_report(results: Results, console: Console) -> None:
             f"{phase.events:,}",
             f"{phase.seconds:.1f}",
             _num(phase.rate),
+            _num(phase.writing_rate),
             rss,
             _num(phase.cpu_s_per_10k, 2),
             _num(phase.server_cpu_s_per_10k, 2),
@@ -50,7 +51,7 @@ def print_report(results: Results, console: Console) -> None:
     ratios = "   ".join(
         f"{name.replace('_', ' ')}: {_num(value, 2)}" for name, value in results.ratios().items()
     )
-    console.print(f"ratios  {ratios}")
+    console.print(f"ratios (events/s once writing; server CPU per 10k)  {ratios}")
     if results.preloaded:
         console.print(
             f"stored {results.preloaded:,} events in each schema in "

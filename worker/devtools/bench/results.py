@@ -20,10 +20,22 @@ class Phase:
     cpu_seconds: float | None = None
     # The PostgreSQL server's CPU (all its processes) over the phase.
     server_cpu_seconds: float | None = None
+    # Worker runs only: (events, seconds) from the first commit to the last,
+    # start-up left out (see `db.writing`).
+    writing: tuple[int, float] | None = None
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def writing_rate(self) -> float:
+        """Events/s once writing: the worker's from its first commit, or the
+        phase's own (COPY phases are timed from their first transaction)."""
+        if self.writing is None:
+            return self.rate
+        events, seconds = self.writing
+        return events / seconds
 
     @property
     def cpu_s_per_10k(self) -> float | None:
@@ -43,6 +55,7 @@ class Phase:
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.rate, 1),
+            "events_per_s_once_writing": round(self.writing_rate, 1),
             "note": self.note,
             "peak_rss_mib_per_replica": [round(m, 1) for m in self.peak_rss_mib],
             "peak_rss_mib_sum": round(sum(self.peak_rss_mib), 1) if self.peak_rss_mib else None,
@@ -131,8 +144,8 @@ class Results:
         return [p for p in self.phases if p.name == name or p.name.startswith(name + RUN)]
 
     def ratio(self, name: str, base: str, server_cpu: bool = False) -> float | None:
-        """`name`'s events/s over `base`'s (or their server CPU per 10k
-        events), each the median of its runs."""
+        """`name`'s events/s once writing over `base`'s (or their server CPU
+        per 10k events), each the median of its runs."""
         mine, other = _median(self.runs(name), server_cpu), _median(self.runs(base), server_cpu)
         return mine / other if mine is not None and other else None
 
@@ -170,7 +183,7 @@ class Results:
 
 
 def _median(phases: list[Phase], server_cpu: bool) -> float | None:
-    values = [p.server_cpu_s_per_10k if server_cpu else p.rate for p in phases]
+    values = [p.server_cpu_s_per_10k if server_cpu else p.writing_rate for p in phases]
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
 

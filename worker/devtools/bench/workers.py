@@ -196,6 +196,7 @@ async def run_backlog(
             cpu = workers.cpu_seconds()
             server_cpu = server.seconds() - server_before
             after = await db.counts(conn)
+            writing = await db.writing(conn, started_at)
             if while_running is not None:
                 await while_running(conn, workers, started_at, seconds)
             rss = workers.peak_rss_mib()
@@ -204,7 +205,7 @@ async def run_backlog(
     added = after.events - before.events
     log.info("%s: %d events in %.1f s, exit codes %s", name, added, seconds, codes)
     note = "default settings; timed from process start"
-    phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu)
+    phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu, writing)
     checks = [
         Check(f"{name}: events rows", bench.size, added),
         Check(
