@@ -149,7 +149,10 @@ class Event(BaseModel):
         return self.resource[RESOURCE_ID]
 
 
-class _Fields(msgspec.Struct, frozen=True):
+class Envelope(msgspec.Struct, frozen=True):
+    """An event as `read_envelope` returns it: `Event`'s fields and rules, but
+    the payload is the producer's JSON text of an object, as it came."""
+
     id: UUID
     occurred: datetime
     event: str
@@ -157,22 +160,24 @@ class _Fields(msgspec.Struct, frozen=True):
     related: list[dict[str, str]] = []
     follows: UUID | None = None
     received: datetime | None = None
+    payload: str = "{}"
 
     @property
     def resource_id(self) -> str:
         return self.resource[RESOURCE_ID]
 
 
-class Envelope(_Fields, frozen=True):
-    """An event as `read_envelope` returns it: `Event`'s fields and rules, but
-    the payload is the producer's JSON text of an object, as it came."""
+class _Wire(msgspec.Struct, frozen=True):
+    """The fields as msgspec reads them: the payload left as raw JSON, the
+    timestamps as text (see `_timestamp`)."""
 
-    payload: str = "{}"
-
-
-class _Wire(_Fields, frozen=True):
-    """The fields as msgspec reads them: the payload left as raw JSON."""
-
+    id: UUID
+    occurred: str
+    event: str
+    resource: dict[str, str]
+    related: list[dict[str, str]] = []
+    follows: UUID | None = None
+    received: str | None = None
     payload: msgspec.Raw = msgspec.Raw(b"{}")
 
 
@@ -219,14 +224,10 @@ def _checked(wire: _Wire, limits: Any) -> Envelope:
     payload = str(wire.payload, "utf-8")
     if not payload.startswith("{") or not 0 < len(wire.event) <= MAX_EVENT_NAME_CHARS:
         raise ValueError("not an object, or a name out of bounds: Event says which")
-    occurred, received = wire.occurred, wire.received
-    if occurred.tzinfo is not UTC:
-        occurred = in_utc(occurred, limits)
-    if received is not None and received.tzinfo is not UTC:
-        received = in_utc(received, limits)
+    received = None if wire.received is None else _timestamp(wire.received, limits)
     return Envelope(
         id=wire.id,
-        occurred=occurred,
+        occurred=_timestamp(wire.occurred, limits),
         event=check_event_name(wire.event),
         resource=check_resource(wire.resource, limits),
         related=check_related(wire.related, limits),
@@ -234,3 +235,15 @@ def _checked(wire: _Wire, limits: Any) -> Envelope:
         received=received,
         payload=payload,
     )
+
+
+def _timestamp(text: str, limits: Any) -> datetime:
+    """RFC 3339 text read by msgspec. More than six digits of a second's
+    fraction go to `Event`: msgspec rounds them, pydantic (and so Prefect's
+    own reader, and every earlier version of this one) cuts them, and an
+    event's key includes `occurred`."""
+    dot = text.find(".")
+    if dot != -1 and len(text) > dot + 7 and text[dot + 7].isdigit():
+        raise ValueError("sub-microsecond digits: Event reads them")
+    value = msgspec.convert(text, datetime)
+    return value if value.tzinfo is UTC else in_utc(value, limits)

@@ -510,6 +510,25 @@ def test_a_form_only_pydantic_reads_gives_the_same_envelope() -> None:
     assert event.occurred == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("occurred", "microsecond"),
+    [
+        ("2026-01-02T03:04:05.1234567Z", 123456),
+        ("2026-01-02T03:04:05.999999999+02:00", 999999),
+        ("2026-01-02T03:04:05.123456Z", 123456),
+        ("2026-01-02 03:04:05.5-01:30", 500000),
+        ("2026-01-02", 0),
+    ],
+)
+def test_timestamps_are_read_alike_sub_microsecond_digits_cut(
+    occurred: str, microsecond: int
+) -> None:
+    # An event's key includes `occurred`: the two readers (and Prefect's,
+    # which is pydantic) must agree to the microsecond.
+    event = validate(envelope(occurred=occurred, received=occurred))
+    assert event.occurred.microsecond == microsecond
+
+
 def test_a_payload_that_is_not_utf8_is_invalid_json() -> None:
     raw = json.dumps(envelope(payload={"k": "?"})).encode().replace(b'"?"', b'"\xff"')
     with pytest.raises(ValidationError) as info:
