@@ -200,8 +200,10 @@ def read_envelope(raw: bytes, limits: Any = None) -> Envelope:
     PayloadNotJson."""
     try:
         return _checked(_WIRE.decode(raw), limits)
-    except (msgspec.DecodeError, ValueError):
-        # UnicodeDecodeError (a payload that is not UTF-8) is a ValueError.
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # UnicodeDecodeError (a payload that is not UTF-8) is a ValueError;
+        # JSON nested thousands deep exhausts msgspec's recursion, and
+        # pydantic rejects it.
         pass
     event = Event.model_validate_json(raw, context=limits)
     try:

@@ -75,15 +75,17 @@ async def test_database_rejected_rows_are_isolated(
     assert 0 < persister.stats.isolation_attempts <= bound
 
 
-async def test_payload_numbers_of_any_size_are_stored_as_written(
+async def test_payload_numbers_of_any_size_and_deep_nesting_are_stored_as_written(
     stack_info: StackInfo, engine: AsyncEngine
 ) -> None:
     """The payload goes to the database as the producer's JSON text: numbers
-    beyond 64 bits or a double's range are kept, not rejected or rounded."""
+    beyond 64 bits or a double's range are kept, not rejected or rounded, and
+    so is JSON nested 500 deep."""
     topic = unique("numbers")
     await create_topic(stack_info, topic, 1)
     event = make_event(random.Random(5))
-    numbers = [str(2**70), "1e400", "-0.10000000000000000000000000001"]
+    nested = "[" * 500 + "]" * 500
+    numbers = [str(2**70), "1e400", "-0.10000000000000000000000000001", nested]
     values = [
         json.dumps({**event, "id": str(uuid4()), "payload": {"n": "?"}})
         .encode()
@@ -95,12 +97,12 @@ async def test_payload_numbers_of_any_size_are_stored_as_written(
     async with running(Persister(settings, engine)):
 
         async def done() -> bool:
-            return await stored_offsets(engine, settings.group_id, topic) == {0: 3}
+            return await stored_offsets(engine, settings.group_id, topic) == {0: 4}
 
         await wait_until(done, 30, "the events to be written")
     async with engine.connect() as conn:
         stored = (await conn.execute(text("SELECT payload->>'n' FROM events"))).scalars().all()
-    assert sorted(stored) == sorted([str(2**70), "1" + "0" * 400, numbers[2]])
+    assert sorted(stored) == sorted([str(2**70), "1" + "0" * 400, numbers[2], nested])
     assert (await counts(engine))[2] == 0
 
 

@@ -308,6 +308,19 @@ def test_an_integer_beyond_64_bits_in_the_payload_is_kept_as_written() -> None:
     assert rows.rejections == []
 
 
+def test_json_nested_thousands_deep_is_invalid_json_and_nothing_breaks() -> None:
+    deep = raw(payload={"n": "?"}).replace(b'"?"', b"[" * 5_000 + b"]" * 5_000)
+    result = rejection(deep, max_bytes=len(deep))
+    assert result.error_class == "InvalidJson"
+    assert "recursion limit exceeded" in result.error
+
+
+def test_json_nested_hundreds_deep_is_stored_as_sent() -> None:
+    nested = b"[" * 500 + b"]" * 500
+    rows = to_rows([record(raw(payload={"n": "?"}).replace(b'"?"', nested))], LIMITS, MAX)
+    assert [e["payload"] for e in rows.events] == ['{"n": ' + nested.decode() + "}"]
+
+
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
 def test_nan_or_infinity_in_the_payload_is_invalid_json(number: bytes) -> None:
     # pydantic reads them (a Unix timestamp sends the message to pydantic),
