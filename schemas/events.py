@@ -72,7 +72,13 @@ def in_utc(value: datetime, limits: Any) -> datetime:
         if _limit(limits, "naive_timestamps", "utc") == "reject":
             raise ValueError("timestamp has no time zone")
         return value.replace(tzinfo=UTC)
-    return value.replace(tzinfo=UTC) if not offset else value.astimezone(UTC)
+    if not offset:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is a valid text but no datetime in UTC.
+        raise ValueError("timestamp is outside the years 1 to 9999 in UTC") from None
 
 
 def check_event_name(value: str) -> str:

@@ -475,6 +475,14 @@ def test_invalid_timestamp_is_rejected() -> None:
     ]
 
 
+@pytest.mark.parametrize("field", ["occurred", "received"])
+@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_timestamp_with_no_utc_datetime_is_rejected(field: str, raw: str) -> None:
+    assert rejected(envelope(**{field: raw})) == value_error(
+        field, "timestamp is outside the years 1 to 9999 in UTC"
+    )
+
+
 def test_received_is_optional() -> None:
     assert validate(envelope()).received is None
     assert validate(envelope(received=None)).received is None
