@@ -253,5 +253,8 @@ def _timestamp(text: str, limits: Any) -> datetime:
     dot = text.find(".")
     if dot != -1 and len(text) > dot + 7 and text[dot + 7].isdigit():
         raise ValueError("sub-microsecond digits: Event reads them")
+    if "\x00" in text:
+        # msgspec stops reading at a NUL and would drop the offset after it.
+        raise ValueError("a NUL: Event rejects it")
     value = msgspec.convert(text, datetime)
     return value if value.tzinfo is UTC else in_utc(value, limits)

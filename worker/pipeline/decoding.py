@@ -63,7 +63,8 @@ def decode(record: Record, limits: Limits, max_message_bytes: int) -> Envelope |
     try:
         return read_envelope(value, limits)
     except PayloadNotJson as exc:
-        return Rejection(record, "InvalidJson", f"payload: {exc}")
+        # In the payload or in a field the envelope ignores.
+        return Rejection(record, "InvalidJson", f"<message>: {exc}")
     except ValidationError as exc:
         invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
         kind = "InvalidJson" if invalid_json else "InvalidEnvelope"

@@ -468,6 +468,13 @@ def test_naive_timestamp_result_has_exactly_datetime_utc() -> None:
     assert event.occurred.tzinfo is UTC
 
 
+@pytest.mark.parametrize("field", ["occurred", "received"])
+def test_a_nul_inside_a_timestamp_is_rejected_not_cut_short(field: str) -> None:
+    # msgspec alone would stop at the NUL and read 12:00 naive, as UTC.
+    errors = rejected(envelope(**{field: "2024-01-01T12:00:00\u0000+05:00"}))
+    assert [(e["loc"], e["type"]) for e in errors] == [((field,), "datetime_from_date_parsing")]
+
+
 def test_invalid_timestamp_is_rejected() -> None:
     errors = rejected(envelope(occurred="yesterday"))
     assert [(e["loc"], e["type"]) for e in errors] == [
