@@ -155,16 +155,21 @@ class Event(BaseModel):
         return self.resource[RESOURCE_ID]
 
 
-class Envelope(msgspec.Struct, frozen=True):
-    """An event as `read_envelope` returns it: `Event`'s fields and rules, but
-    the payload is the producer's JSON text of an object, as it came."""
+class _Fields(msgspec.Struct, frozen=True, kw_only=True):
+    """What both forms below share."""
 
     id: UUID
-    occurred: datetime
     event: str
     resource: dict[str, str]
     related: list[dict[str, str]] = []
     follows: UUID | None = None
+
+
+class Envelope(_Fields, frozen=True, kw_only=True):
+    """An event as `read_envelope` returns it: `Event`'s fields and rules, but
+    the payload is the producer's JSON text of an object, as it came."""
+
+    occurred: datetime
     received: datetime | None = None
     payload: str = "{}"
 
@@ -173,16 +178,11 @@ class Envelope(msgspec.Struct, frozen=True):
         return self.resource[RESOURCE_ID]
 
 
-class _Wire(msgspec.Struct, frozen=True):
+class _Wire(_Fields, frozen=True, kw_only=True):
     """The fields as msgspec reads them: the payload left as raw JSON, the
     timestamps as text (see `_timestamp`)."""
 
-    id: UUID
     occurred: str
-    event: str
-    resource: dict[str, str]
-    related: list[dict[str, str]] = []
-    follows: UUID | None = None
     received: str | None = None
     payload: msgspec.Raw = msgspec.Raw(b"{}")
 

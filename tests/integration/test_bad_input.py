@@ -80,12 +80,13 @@ async def test_payload_numbers_of_any_size_and_deep_nesting_are_stored_as_writte
 ) -> None:
     """The payload goes to the database as the producer's JSON text: numbers
     beyond 64 bits or a double's range are kept, not rejected or rounded, and
-    so is JSON nested 500 deep."""
+    so is JSON nested 500 deep; of a repeated key, the last is kept."""
     topic = unique("numbers")
     await create_topic(stack_info, topic, 1)
     event = make_event(random.Random(5))
     nested = "[" * 500 + "]" * 500
-    numbers = [str(2**70), "1e400", "-0.10000000000000000000000000001", nested]
+    repeated = '"first", "n": "last"'
+    numbers = [str(2**70), "1e400", "-0.10000000000000000000000000001", nested, repeated]
     values = [
         json.dumps({**event, "id": str(uuid4()), "payload": {"n": "?"}})
         .encode()
@@ -97,12 +98,12 @@ async def test_payload_numbers_of_any_size_and_deep_nesting_are_stored_as_writte
     async with running(Persister(settings, engine)):
 
         async def done() -> bool:
-            return await stored_offsets(engine, settings.group_id, topic) == {0: 4}
+            return await stored_offsets(engine, settings.group_id, topic) == {0: 5}
 
         await wait_until(done, 30, "the events to be written")
     async with engine.connect() as conn:
         stored = (await conn.execute(text("SELECT payload->>'n' FROM events"))).scalars().all()
-    assert sorted(stored) == sorted([str(2**70), "1" + "0" * 400, numbers[2], nested])
+    assert sorted(stored) == sorted([str(2**70), "1" + "0" * 400, numbers[2], nested, "last"])
     assert (await counts(engine))[2] == 0
 
 

@@ -82,6 +82,17 @@ async def test_batches_go_in_by_copy_and_stored_events_switch_to_insert(
     assert await counts(engine) == (200, resource_rows(every), 0)
 
 
+async def test_every_batch_goes_in_by_insert_on_sqlite(
+    stack_info: StackInfo, any_engine: AsyncEngine
+) -> None:
+    writer = BatchWriter(settings_for(stack_info, unique("copy")), any_engine)
+    rng = random.Random(7)
+    events = [make_event(rng, related=0) for _ in range(5)]
+    written = await writer.write(("copy", 0), None, batch(events, 0))
+    assert written.events == 5
+    assert written.inserted is (any_engine.dialect.name == "sqlite")
+
+
 async def test_a_resource_row_already_stored_sends_the_batch_through_insert(
     stack_info: StackInfo, engine: AsyncEngine
 ) -> None:

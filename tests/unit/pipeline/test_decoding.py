@@ -322,10 +322,14 @@ def test_json_nested_hundreds_deep_is_stored_as_sent() -> None:
 
 
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
-def test_nan_or_infinity_in_the_payload_is_invalid_json(number: bytes) -> None:
+@pytest.mark.parametrize("where", ["payload", "ignored"])
+def test_nan_or_infinity_in_the_payload_or_an_ignored_field_is_invalid_json(
+    number: bytes, where: str
+) -> None:
     # pydantic reads them (a Unix timestamp sends the message to pydantic),
     # but they are not JSON: stored, they would be lost as null.
-    value = raw(occurred=1767323045, payload={"n": "?"}).replace(b'"?"', number)
+    fields: dict[str, Any] = {"payload": {"n": "?"}} if where == "payload" else {"x": "?"}
+    value = raw(occurred=1767323045, **fields).replace(b'"?"', number)
     assert (rejection(value).error_class, rejection(value).error) == (
         "InvalidJson",
         "<message>: NaN or Infinity is not JSON",
