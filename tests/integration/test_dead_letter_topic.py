@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -45,9 +46,12 @@ SOURCE_LIMIT = 4 * 1024 * 1024
 
 
 def event_of(size: int, seed: int) -> bytes:
-    """A valid event of exactly `size` bytes."""
-    base = len(encode(make_event(random.Random(seed), related=1, payload_bytes=0)))
-    value = encode(make_event(random.Random(seed), related=1, payload_bytes=size - base))
+    """A valid event of exactly `size` bytes. Both builds take the same time:
+    `isoformat` leaves out a zero microsecond, so two clock readings can
+    differ in length."""
+    when = datetime.now(UTC).replace(microsecond=123_456)
+    base = len(encode(make_event(random.Random(seed), 1, when, payload_bytes=0)))
+    value = encode(make_event(random.Random(seed), 1, when, payload_bytes=size - base))
     assert len(value) == size
     return value
 
