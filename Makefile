@@ -85,6 +85,11 @@ bench-retention: install ## Retention: drop a day of expired events (EXPIRED, de
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
 
+.PHONY: bench-trim
+bench-trim: install ## Retention: trim the day straddling the cutoff in steps, batches from where the last ended vs from the oldest row; not in CI
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	$(BIN)/python -m worker.devtools.bench.trim_steps --events $(or $(EVENTS),2500000) --out bench-results
+
 .PHONY: bench-growth
 bench-growth: install ## Write speed as the tables fill to TARGET events (default 10000000), both schemas; not in CI
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q

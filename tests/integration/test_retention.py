@@ -48,7 +48,7 @@ def deletes_counted(engine: AsyncEngine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def seen(*args: Any) -> None:
-        if args[2].lstrip().upper().startswith("DELETE"):
+        if "DELETE FROM" in args[2].upper():
             statements.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", seen)
@@ -75,6 +75,25 @@ async def test_batch_delete_in_batches(any_engine: AsyncEngine) -> None:
             assert await batch_delete(session, events, old, batch_size=10_000) == 0
     assert len(statements) == 1
     assert await count(any_engine, events) == 100
+
+
+async def test_ordered_batches_each_start_where_the_last_ended(any_engine: AsyncEngine) -> None:
+    await store(any_engine, timedelta(days=10), 25)  # one time, across three batches
+    await store(any_engine, timedelta(days=9), 20)
+    await store(any_engine, timedelta(days=1), 5)
+    old = events.c.occurred < NOW - timedelta(days=5)
+    with deletes_counted(any_engine) as statements:
+        async with async_sessionmaker(any_engine)() as session:
+            deleted = await batch_delete(session, events, old, 10, order_by=events.c.occurred)
+    assert deleted == 45
+    assert await count(any_engine, events) == 5
+    # 10, 10, 10, 10, 5: on PostgreSQL the first from the oldest row, the
+    # others from the last time deleted (their index scans skip the entries
+    # of what was deleted before); SQLite removes those entries as it deletes.
+    assert len(statements) == 5
+    assert ">=" not in statements[0]
+    bounded = any_engine.dialect.name == "postgresql"
+    assert [">=" in s for s in statements[1:]] == [bounded] * 4
 
 
 async def test_batch_delete_on_a_composite_key(any_engine: AsyncEngine) -> None:

@@ -262,18 +262,40 @@ async def batch_delete(
 ) -> int:
     """Delete the rows of `model` matching `condition`, at most `batch_size` at
     a time, one transaction each, until none is left; returns how many. No
-    statement holds locks on, or runs as long as, the whole range would."""
+    statement holds locks on, or runs as long as, the whole range would.
+
+    With `order_by` on PostgreSQL, each batch after the first starts at the
+    last value the previous one deleted (ties included) instead of at the
+    oldest row: the index entries of deleted rows stay until vacuum, and a
+    range scan from the oldest row would walk over all of them again in every
+    batch. A row that arrives meanwhile below that value is left to the next
+    call. SQLite removes index entries as it deletes, so it needs no bound."""
     dialect = session.get_bind().dialect.name
     stmt = batch_delete_statement(dialect, model, condition, batch_size, order_by)
     total = 0
     while True:
-        result = await session.execute(stmt)
+        if order_by is not None and dialect == "postgresql":
+            deleted, reached = await _delete_reaching(session, stmt, order_by)
+            if reached is not None:
+                after = and_(condition, order_by >= reached)
+                stmt = batch_delete_statement(dialect, model, after, batch_size, order_by)
+        else:
+            deleted = int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
         await session.commit()
-        deleted = int(result.rowcount)  # type: ignore[attr-defined]
         total += deleted
         logger.debug("deleted %d rows from %s", deleted, model.name)
         if deleted < batch_size:
             return total
+
+
+async def _delete_reaching(
+    session: AsyncSession, stmt: Delete, order_by: ColumnElement[Any]
+) -> tuple[int, Any]:
+    """Run one batch; returns how many rows it deleted and the largest
+    `order_by` among them, computed by the server (a data-modifying WITH)."""
+    gone = stmt.returning(order_by.label("reached")).cte("gone")
+    row = (await session.execute(select(func.count(), func.max(gone.c.reached)))).one()
+    return int(row[0]), row[1]
 
 
 async def write_batch(

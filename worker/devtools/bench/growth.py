@@ -9,8 +9,9 @@ events per transaction, `occurred` advancing `--per-day` events per
 simulated day. Before each step of the current schema the leader's trim
 runs as the worker runs it (`worker.services.retention.trim`: partitions ahead,
 expired ones dropped); the previous schema is trimmed as it used to be, row
-by row with `batch_delete`. After each step: rows stored, table and index
-sizes, dead tuples and the disk used.
+by row in batches each from the oldest row (`trim_steps.delete_from_oldest`).
+After each step: rows stored, table and index sizes, dead tuples and the
+disk used.
 
 No Kafka: this measures the storage, not the worker (`make bench` does).
 """
@@ -38,8 +39,8 @@ from worker.devtools.bench import ceilings, db, reference, server
 from worker.devtools.bench.dataset import CopyChunk, copy_chunks, make_dataset, with_fresh_ids
 from worker.devtools.bench.growth_report import write_chart
 from worker.devtools.bench.server import ServerCpu
+from worker.devtools.bench.trim_steps import delete_from_oldest
 from worker.devtools.stack import LocalStack
-from worker.pipeline.storage import batch_delete
 from worker.services import retention
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ async def trim_previous(engine: AsyncEngine, cutoff: datetime) -> int:
     deleted = 0
     async with async_sessionmaker(engine)() as session:
         for table in previous_tables():
-            cond = table.c.occurred < cutoff
-            deleted = await batch_delete(session, table, cond, 10_000, table.c.occurred)
+            deleted = await delete_from_oldest(session, table, table.c.occurred < cutoff)
     return deleted
 
 
