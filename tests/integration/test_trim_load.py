@@ -63,13 +63,14 @@ async def ingest_time(
 
 
 @contextmanager
-def deletes_captured(engine: AsyncEngine) -> Iterator[dict[str, Any]]:
-    """The DELETE statements run on `engine`, each with its last parameters."""
-    statements: dict[str, Any] = {}
+def deletes_captured(engine: AsyncEngine) -> Iterator[dict[str, list[Any]]]:
+    """The DELETE statements run on `engine`, each with the parameters of
+    every time it ran."""
+    statements: dict[str, list[Any]] = {}
 
     def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         if "DELETE FROM" in statement.upper():
-            statements[statement] = parameters
+            statements.setdefault(statement, []).append(parameters)
 
     event.listen(engine.sync_engine, "before_cursor_execute", seen)
     try:
@@ -78,23 +79,30 @@ def deletes_captured(engine: AsyncEngine) -> Iterator[dict[str, Any]]:
         event.remove(engine.sync_engine, "before_cursor_execute", seen)
 
 
-async def assert_batches_are_range_scans(engine: AsyncEngine, statements: dict[str, Any]) -> None:
+async def assert_batches_are_range_scans(
+    engine: AsyncEngine, statements: dict[str, list[Any]]
+) -> None:
     """Each statement the trim ran on the partition holding the million rows
     (the DEFAULT one: they are older than any partition), the first batch's
-    and the one the later batches run from where the last ended, reads an
-    index range on `occurred`, checks the lease, and deletes by TID."""
+    and the one the later batches run from where the last ended (with a
+    middle batch's parameters), reads an index range on `occurred`, bounded
+    below too for the later batches, checks the lease, and deletes by TID."""
     checked = 0
-    for statement, parameters in statements.items():
+    for statement, runs in statements.items():
         table = statement.split("DELETE FROM", 1)[1].split()[0]
         if table not in ("events_default", "event_resources_default"):
             continue
         async with engine.connect() as conn:
-            result = await conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
-            plan = "\n".join(row[0] for row in result)
+            result = await conn.exec_driver_sql(f"EXPLAIN {statement}", runs[len(runs) // 2])
+            plan = [row[0] for row in result]
         index = "occurred_idx" if table == "events_default" else "pkey"
-        assert f"Index Scan using {table}_{index}" in plan, plan
-        assert "Tid Scan" in plan, plan
-        assert "leader_leases" in plan, plan
+        text_plan = "\n".join(plan)
+        assert f"Index Scan using {table}_{index}" in text_plan, text_plan
+        assert "Tid Scan" in text_plan, text_plan
+        assert "leader_leases" in text_plan, text_plan
+        bounds = [line for line in plan if "Index Cond" in line and "occurred <" in line]
+        assert len(bounds) == 1, text_plan
+        assert ("occurred >=" in bounds[0]) == ("occurred >=" in statement), text_plan
         checked += 1
     assert checked == 4, list(statements)
 

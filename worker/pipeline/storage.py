@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Delete,
     Table,
@@ -258,18 +259,20 @@ async def batch_delete(
     model: Table,
     condition: ColumnElement[bool],
     batch_size: int = 10_000,
-    order_by: ColumnElement[Any] | None = None,
+    order_by: Column[Any] | None = None,
 ) -> int:
     """Delete the rows of `model` matching `condition`, at most `batch_size` at
     a time, one transaction each, until none is left; returns how many. No
     statement holds locks on, or runs as long as, the whole range would.
 
-    With `order_by` on PostgreSQL, each batch after the first starts at the
-    last value the previous one deleted (ties included) instead of at the
-    oldest row: the index entries of deleted rows stay until vacuum, and a
-    range scan from the oldest row would walk over all of them again in every
+    With `order_by` (an indexed NOT NULL column of `model`, such as
+    `occurred`) on PostgreSQL, each batch after the first starts at the last
+    value the previous one deleted (ties included) instead of at the oldest
+    row: the index entries of deleted rows stay until vacuum, and a range
+    scan from the oldest row would walk over all of them again in every
     batch. A row that arrives meanwhile below that value is left to the next
-    call. SQLite removes index entries as it deletes, so it needs no bound."""
+    call (rows are never updated in place, so none moves below it). SQLite
+    removes index entries as it deletes, so it needs no bound."""
     dialect = session.get_bind().dialect.name
     stmt = batch_delete_statement(dialect, model, condition, batch_size, order_by)
     total = 0
@@ -289,7 +292,7 @@ async def batch_delete(
 
 
 async def _delete_reaching(
-    session: AsyncSession, stmt: Delete, order_by: ColumnElement[Any]
+    session: AsyncSession, stmt: Delete, order_by: Column[Any]
 ) -> tuple[int, Any]:
     """Run one batch; returns how many rows it deleted and the largest
     `order_by` among them, computed by the server (a data-modifying WITH)."""

@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def previous_tables() -> tuple[Table, Table]:
-    """The previous schema's tables, for `batch_delete`."""
+    """The previous schema's tables, for `delete_from_oldest`."""
     metadata = MetaData(schema=reference.SCHEMA)
     return tuple(  # type: ignore[return-value]
         Table(t.name, metadata, *[Column(c.name, c.type) for c in t.columns])
