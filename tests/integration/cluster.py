@@ -40,14 +40,18 @@ async def describe(
     info: StackInfo, topics: list[str], timeout_s: float = 30
 ) -> list[dict[str, Any]]:
     """The topics' metadata. The admin client asks one node: while a node
-    is down it may pick that one, so a retriable error is asked again."""
+    is down it may pick that one, so a retriable error is asked again; a
+    node that does not know a new topic yet answers it with an error code
+    and no partitions, so that is asked again too, until `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=info.kafka_bootstrap_servers)
         try:
             await admin.start()
             described: list[dict[str, Any]] = await admin.describe_topics(topics)
-            return described
+            known = all(t["error_code"] == 0 and t["partitions"] for t in described)
+            if known or time.monotonic() > deadline:
+                return described
         except KafkaError as exc:
             if not exc.retriable or time.monotonic() > deadline:
                 raise
