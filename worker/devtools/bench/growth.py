@@ -9,7 +9,7 @@ events per transaction, `occurred` advancing `--per-day` events per
 simulated day. Before each step of the current schema the leader's trim
 runs as the worker runs it (`worker.services.retention.trim`: partitions ahead,
 expired ones dropped); the previous schema is trimmed as it used to be, row
-by row in batches each from the oldest row (`trim_steps.delete_from_oldest`).
+by row in batches each from the oldest row (`reference.delete_from_oldest`).
 After each step: rows stored, table and index sizes, dead tuples and the
 disk used.
 
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,15 +30,13 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from schemas.migrate import upgrade
 from schemas.tables import event_resources, events
 from worker.core.settings import Settings
 from worker.devtools.bench import ceilings, db, reference, server
 from worker.devtools.bench.dataset import CopyChunk, copy_chunks, make_dataset, with_fresh_ids
 from worker.devtools.bench.growth_report import write_chart
+from worker.devtools.bench.results import write_steps
 from worker.devtools.bench.server import ServerCpu
-from worker.devtools.bench.trim_steps import delete_from_oldest
-from worker.devtools.stack import LocalStack
 from worker.services import retention
 
 log = logging.getLogger(__name__)
@@ -89,7 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def previous_tables() -> tuple[Table, Table]:
-    """The previous schema's tables, for `delete_from_oldest`."""
+    """The previous schema's tables, for `reference.delete_from_oldest`."""
     metadata = MetaData(schema=reference.SCHEMA)
     return tuple(  # type: ignore[return-value]
         Table(t.name, metadata, *[Column(c.name, c.type) for c in t.columns])
@@ -102,7 +98,7 @@ async def trim_previous(engine: AsyncEngine, cutoff: datetime) -> int:
     deleted = 0
     async with async_sessionmaker(engine)() as session:
         for table in previous_tables():
-            deleted = await delete_from_oldest(session, table, table.c.occurred < cutoff)
+            deleted = await reference.delete_from_oldest(session, table, table.c.occurred < cutoff)
     return deleted
 
 
@@ -181,7 +177,7 @@ async def run(url: str, args: argparse.Namespace, stack_dir: Path) -> list[dict[
                 steps.append(row | trimmed | copied | {"disk_bytes": _du(stack_dir)})
                 log.info("%s", steps[-1])
             written += args.step
-            write_json(args, steps)
+            write_steps(args, "growth.json", steps)
     finally:
         await engine.dispose()
     return steps
@@ -206,29 +202,13 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def write_json(args: argparse.Namespace, steps: list[dict[str, Any]]) -> Path:
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "growth.json"
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    path.write_text(json.dumps({"settings": settings, "steps": steps}, indent=1) + "\n")
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="persister-bench-growth-") as tmp:
-        stack = LocalStack(Path(tmp), database_url=None, server_settings={})
-        try:
-            url = stack.start().database_url
-            asyncio.run(server.apply(url, server.CURRENT_SETTINGS))
-            upgrade(url)
-            steps = asyncio.run(run(url, args, Path(tmp)))
-        finally:
-            stack.stop()
-    path: Path = write_json(args, steps)
+    with server.fresh("persister-bench-growth-") as (url, stack_dir):
+        steps = asyncio.run(run(url, args, stack_dir))
+    path = write_steps(args, "growth.json", steps)
     print(f"wrote {path}")
     if chart := write_chart(steps, args.out):
         print(f"wrote {chart}")

@@ -7,9 +7,15 @@ The columns are the current ones, so the same COPY rows fit both.
 
 from __future__ import annotations
 
+from sqlalchemy import ColumnElement, Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from worker.devtools.bench import db
+from worker.pipeline.storage import batch_delete_statement
 
 SCHEMA = "bench_previous"
+# Rows per delete batch: the trimmer's default, then and now.
+BATCH_ROWS = 10_000
 TABLES = (f"{SCHEMA}.events", f"{SCHEMA}.event_resources")
 
 _TS = "timestamp with time zone"
@@ -54,3 +60,18 @@ async def create_indexes(conn: db.Connection) -> None:
 async def truncate(conn: db.Connection) -> None:
     await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
     await conn.execute("CHECKPOINT")
+
+
+async def delete_from_oldest(
+    session: AsyncSession, table: Table, condition: ColumnElement[bool]
+) -> int:
+    """`batch_delete`'s batches as they were before each started where the
+    last ended: every one an index range scan from the oldest row."""
+    stmt = batch_delete_statement("postgresql", table, condition, BATCH_ROWS, table.c.occurred)
+    total = 0
+    while True:
+        deleted = int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+        await session.commit()
+        total += deleted
+        if deleted < BATCH_ROWS:
+            return total

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -213,3 +216,13 @@ def run_name(name: str, run: int) -> str:
 def at_size(preloaded: int) -> str:
     """The suffix of a phase run on tables already holding `preloaded` events."""
     return f", {preloaded:,} stored"
+
+
+def write_steps(args: argparse.Namespace, name: str, steps: list[dict[str, Any]]) -> Path:
+    """`name` in `args.out`: the run's arguments and its steps, as JSON."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    path.write_text(json.dumps({"settings": settings, "steps": steps}, indent=1) + "\n")
+    return path

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 
+from schemas.migrate import upgrade
 from worker.devtools.bench import db
-from worker.devtools.stack import SERVER_SETTINGS
+from worker.devtools.stack import SERVER_SETTINGS, LocalStack
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +79,19 @@ async def apply(database_url: str, settings: Mapping[str, str]) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"server settings not applied: want {settings}, have {shown}")
         await asyncio.sleep(0.1)
+
+
+@contextmanager
+def fresh(prefix: str) -> Iterator[tuple[str, Path]]:
+    """A throwaway stack whose PostgreSQL runs the current settings (set with
+    ALTER SYSTEM, so a phase can switch to the defaults and back) and has the
+    current schema: (its database URL, its directory); stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        stack = LocalStack(Path(tmp), database_url=None, server_settings={})
+        try:
+            url = stack.start().database_url
+            asyncio.run(apply(url, CURRENT_SETTINGS))
+            upgrade(url)
+            yield url, Path(tmp)
+        finally:
+            stack.stop()

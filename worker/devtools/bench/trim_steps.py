@@ -12,7 +12,7 @@ alternating which goes first over `--runs` runs:
 - `current`: the leader's trim (`worker.services.retention.trim`), whose
   batches each start where the previous one ended;
 - `from oldest`: the same batches, each from the oldest row of the partition
-  (`batch_delete_statement` alone), as the trimmer ran them before.
+  (`reference.delete_from_oldest`), as the trimmer ran them before.
 
 Reported per step: the trim's seconds (for `current` including the trim's
 partition upkeep: creating ahead, dropping, finding the straddling ones),
@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from schemas.migrate import upgrade
 from schemas.partitions import Range, floor, partition_name
 from schemas.tables import event_resources, events
 from worker.core.settings import Settings
 from worker.devtools.bench import db, server
+from worker.devtools.bench.reference import BATCH_ROWS, delete_from_oldest
+from worker.devtools.bench.results import write_steps
 from worker.devtools.bench.server import ServerCpu
-from worker.devtools.stack import LocalStack
-from worker.pipeline.storage import batch_delete_statement, create_engine
+from worker.pipeline.storage import create_engine
 from worker.services import retention, time_partitions
 
 log = logging.getLogger(__name__)
@@ -52,7 +50,6 @@ CURRENT = "current"
 FROM_OLDEST = "from oldest"
 DAY = timedelta(days=1)
 LOAD_CHUNK = 250_000
-BATCH = 10_000
 
 FILL_EVENTS = """
 INSERT INTO events (id, occurred, event, resource_id, resource, related_resource_ids,
@@ -91,21 +88,6 @@ async def fill(engine: AsyncEngine, day: datetime, n: int) -> None:
         await auto.execute(text("VACUUM ANALYZE events, event_resources"))
 
 
-async def delete_from_oldest(
-    session: AsyncSession, table: Table, condition: ColumnElement[bool]
-) -> int:
-    """`batch_delete`'s batches as they were before each started where the
-    last ended: every one an index range scan from the oldest row."""
-    stmt = batch_delete_statement("postgresql", table, condition, BATCH, table.c.occurred)
-    total = 0
-    while True:
-        deleted = int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
-        await session.commit()
-        total += deleted
-        if deleted < BATCH:
-            return total
-
-
 async def trim_from_oldest(engine: AsyncEngine, cutoff: datetime) -> None:
     """The trim's deletes, each batch from the oldest row of the partition."""
     async with async_sessionmaker(engine)() as session:
@@ -119,7 +101,7 @@ async def trim_steps(url: str, way: str, day: datetime, args: argparse.Namespace
     engine = create_engine(url, pool_size=2)
     # Explicit, so that no PERSISTER_* variable of the shell changes one way only.
     settings = Settings(
-        retention=DAY, retention_overrides={}, partition_width=DAY, trim_batch_size=BATCH
+        retention=DAY, retention_overrides={}, partition_width=DAY, trim_batch_size=BATCH_ROWS
     )
     names = [partition_name(t.name, Range(day, day + DAY)) for t in (events, event_resources)]
     rows = []
@@ -194,19 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="persister-bench-trim-") as tmp:
-        stack = LocalStack(Path(tmp), database_url=None, server_settings={})
-        try:
-            url = stack.start().database_url
-            asyncio.run(server.apply(url, server.CURRENT_SETTINGS))
-            upgrade(url)
-            rows = asyncio.run(run(url, args))
-        finally:
-            stack.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "trim_steps.json"
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    path.write_text(json.dumps({"settings": settings, "steps": rows}, indent=1) + "\n")
+    with server.fresh("persister-bench-trim-") as (url, _):
+        rows = asyncio.run(run(url, args))
+    path = write_steps(args, "trim_steps.json", rows)
     print("\n".join(summary(rows)))
     print(f"wrote {path}")
     return 0
