@@ -8,6 +8,13 @@ values are those of Prefect's `as_database_row()` and
 row ids of `event_resources`, `created`, `updated`, `recorded`) are filled by
 the database here, so the insert does not carry them.
 
+Beside a Prefect server (`PERSISTER_EVENT_TABLES=prefect`) the worker writes
+Prefect's own `events` and `event_resources`, which Prefect's migrations make
+(unpartitioned, keyed by `id`); the two definitions here are then only the
+columns it writes. The worker's own tables all start with `persister_`, and
+its migrations keep their own version table (`persister_alembic_version`), so
+none of them can meet a table of Prefect's.
+
 On PostgreSQL both are partitioned by range of `occurred` (see
 `schemas.partitions`): every key includes `occurred`, and an index that leads
 with it is appended to at its right edge, which is cheap at any size. The
@@ -29,7 +36,7 @@ Each key and index exists for a named query:
   rows and the trimmer's batches.
 - ``ix_event_resources__resource_id_occurred``: events that mention a resource
   id or id prefix in any role (the related-resource lookup).
-- ``ix_dead_letters__group_id_topic_partition_offset`` (unique): finding a dead
+- ``ix_persister_dead_letters__group_id_topic_partition_offset`` (unique): finding a dead
   letter by where it came from, and writing each one once.
 """
 
@@ -157,7 +164,7 @@ event_resources = Table(
 # Where each (group, topic, partition) has got to: the next offset to read.
 # Written in the same transaction as the rows, so it is the source of truth.
 consumer_offsets = Table(
-    "consumer_offsets",
+    "persister_consumer_offsets",
     metadata,
     Column("group_id", Text, nullable=False),
     Column("topic", Text, nullable=False),
@@ -169,7 +176,7 @@ consumer_offsets = Table(
 
 # Messages that could not be persisted, with where they came from and why.
 dead_letters = Table(
-    "dead_letters",
+    "persister_dead_letters",
     metadata,
     # INTEGER on SQLite: only that type is an auto-incrementing rowid there.
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
@@ -197,7 +204,7 @@ dead_letters = Table(
 # under a lease checks holder and epoch in the same statement, so a former
 # holder that was paused past its expiry changes nothing.
 leader_leases = Table(
-    "leader_leases",
+    "persister_leader_leases",
     metadata,
     Column("name", Text, nullable=False),
     Column("holder", Text, nullable=False),
@@ -211,7 +218,7 @@ leader_leases = Table(
 # `reload`: raised by a replay that moved a stored offset under live workers;
 # the owner of the partition reloads its stored offset when it changes.
 partition_controls = Table(
-    "partition_controls",
+    "persister_partition_controls",
     metadata,
     Column("group_id", Text, nullable=False),
     Column("topic", Text, nullable=False),

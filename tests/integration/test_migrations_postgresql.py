@@ -15,15 +15,31 @@ from uuid import uuid4
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, insert, select, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, MetaData, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.migrate import alembic_config, upgrade_async
 from schemas.partitions import is_partition
+from schemas.sharing import SHARED_VERSION_TABLE, UNPREFIXED, UNPREFIXED_INDEX, VERSION_TABLE
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
 from tests.integration.conftest import partitions_ahead
+from tests.integration.support import (
+    create_topic,
+    end_offsets,
+    fresh_database,
+    running,
+    send,
+    settings_for,
+    unique,
+    wait_persisted,
+)
+from tests.integration.workers import run_command
+from worker.devtools.loadgen import messages
 from worker.devtools.stack import StackInfo
+from worker.pipeline.persister import Persister
+from worker.pipeline.storage import create_engine
 
 
 async def downgrade(url: str, revision: str) -> None:
@@ -36,6 +52,7 @@ async def differences(engine: AsyncEngine, target: MetaData) -> list[Any]:
         opts = {
             "compare_type": True,
             "compare_server_default": True,
+            "version_table": VERSION_TABLE,
             # Partitions are the parents' tables, not tables of the schema.
             "include_name": lambda name, kind, _: kind != "table" or not is_partition(name),
         }
@@ -158,3 +175,71 @@ async def test_0006_partitions_the_tables_and_keeps_every_row(
         await engine.dispose()
         await upgrade_async(url)
         await partitions_ahead(url)
+
+
+# An install made before the worker's tables had their `persister_` names and
+# its migrations their own version table, as `persister migrate` left it.
+UNPREFIX = [
+    *(f"ALTER TABLE persister_{t} RENAME TO {t}" for t in UNPREFIXED),
+    *(f"ALTER TABLE {t} RENAME CONSTRAINT pk_persister_{t} TO pk_{t}" for t in UNPREFIXED),
+    f"ALTER INDEX ix_persister_{UNPREFIXED_INDEX[3:]} RENAME TO {UNPREFIXED_INDEX}",
+    "ALTER SEQUENCE persister_dead_letters_id_seq RENAME TO dead_letters_id_seq",
+    f"ALTER TABLE {VERSION_TABLE} RENAME TO {SHARED_VERSION_TABLE}",
+    f"ALTER TABLE {SHARED_VERSION_TABLE}"
+    f" RENAME CONSTRAINT {VERSION_TABLE}_pkc TO {SHARED_VERSION_TABLE}_pkc",
+]
+EVERY_TABLE = [*(f"persister_{t}" for t in UNPREFIXED), "events", "event_resources"]
+
+
+async def test_an_install_made_before_the_prefix_upgrades_in_place(
+    stack_info: StackInfo,
+) -> None:
+    async with fresh_database(stack_info.database_url) as url:
+        code, _, err = await asyncio.to_thread(
+            run_command, stack_info, "migrate", env=dict(DATABASE_URL=url)
+        )
+        assert code == 0, err
+        topic = unique("upgrade")
+        await create_topic(stack_info, topic, 2)
+        await send(stack_info, topic, messages(300, seed=5, invalid_every=50))
+        ends = await end_offsets(stack_info, topic, 2)
+        engine = create_engine(url, pool_size=1)
+        try:
+            settings = settings_for(stack_info, topic, database_url=url, dead_letter_topic="")
+            async with running(Persister(settings, engine)):
+                await wait_persisted(engine, settings.group_id, topic, ends)
+            dump = {t: text(f"SELECT * FROM {t} ORDER BY 1, 2, 3") for t in EVERY_TABLE}  # noqa: S608
+            async with engine.begin() as conn:
+                before = {t: (await conn.execute(q)).all() for t, q in dump.items()}
+                for statement in UNPREFIX:
+                    await conn.execute(text(statement))
+            assert [
+                len(before[t])
+                for t in ("persister_consumer_offsets", "persister_dead_letters", "events")
+            ] == [2, 6, 294]
+            await engine.dispose()
+
+            code, _, err = await asyncio.to_thread(
+                run_command, stack_info, "migrate", env=dict(DATABASE_URL=url)
+            )
+
+            assert code == 0, err
+            async with engine.connect() as conn:
+                after = {t: (await conn.execute(q)).all() for t, q in dump.items()}
+                names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+                version = await conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))  # noqa: S608
+                assert version.scalars().all() == [
+                    ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+                ]
+            assert after == before
+            assert SHARED_VERSION_TABLE not in names
+            assert not names & set(UNPREFIXED)
+            assert await differences(engine, metadata) == []
+            # The dead letters' ids go on from where they were.
+            async with engine.begin() as conn:
+                new_id = await conn.execute(text("SELECT nextval('persister_dead_letters_id_seq')"))
+                assert (
+                    new_id.scalar_one() == max(r[0] for r in before["persister_dead_letters"]) + 1
+                )
+        finally:
+            await engine.dispose()

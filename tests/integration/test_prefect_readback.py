@@ -220,7 +220,9 @@ async def prefect_side(command: str, given: Any, tmp_path: Path, database_url: s
 async def schema(engine: AsyncEngine) -> tuple[set[str], str]:
     async with engine.connect() as conn:
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-        version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+        version = (
+            await conn.execute(text("SELECT version_num FROM persister_alembic_version"))
+        ).scalar_one()
     return tables, version
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from worker.pipeline.event_tables import Unwritable
 from worker.services.framework import CannotStart
 
 EXIT_UNEXPECTED = 1
@@ -109,6 +110,8 @@ def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
     """The one line and exit code for `exc`."""
     if isinstance(exc, Failure):
         return exc
+    if isinstance(exc, Unwritable):
+        return Failure(EXIT_REFUSED, str(exc))
     if isinstance(exc, CannotStart):
         return Failure(EXIT_BAD_SETTINGS, str(exc))
     if isinstance(exc, KafkaError):

@@ -96,11 +96,12 @@ def migrate() -> None:
     """Create or upgrade the database tables (Alembic migrations)."""
     # Alembic takes a fifth of a second to import: only this command needs it.
     from schemas.migrate import upgrade
+    from schemas.sharing import Refused
 
     settings = setup()
     try:
-        upgrade(settings.database_url)
-        if settings.database_url.startswith("postgresql"):
+        upgrade(settings.database_url, settings.event_tables)
+        if settings.event_tables == "persister" and settings.database_url.startswith("postgresql"):
             now = datetime.now(UTC)
             created = asyncio.run(
                 with_engine(
@@ -108,6 +109,8 @@ def migrate() -> None:
                 )
             )
             typer.echo(f"created {created} partitions of events and event_resources")
+    except Refused as exc:
+        raise Failure(EXIT_REFUSED, f"refused: {exc}") from None
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise DatabaseFailure(str(exc)) from exc
     typer.echo(f"migrated {settings.redacted_database_url()}")

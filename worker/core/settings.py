@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     # event_resources, and how many are kept created ahead of now.
     partition_width: Duration = timedelta(days=1)
     partitions_ahead: int = Field(2, ge=1, le=1000)
+    # Who makes `events` and `event_resources`: the worker's migrations
+    # (partitioned by time), or a Prefect server's, beside which it then
+    # writes (see schemas.sharing).
+    event_tables: Literal["persister", "prefect"] = "persister"
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9400, ge=0, le=65535)
@@ -266,6 +270,11 @@ class Settings(BaseSettings):
         if self.session_timeout_s >= self.max_poll_interval_s:
             raise ValueError(
                 "PERSISTER_SESSION_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+            )
+        if self.event_tables == "prefect" and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "PERSISTER_EVENT_TABLES=prefect needs PostgreSQL: a Prefect server shares "
+                "its PostgreSQL database"
             )
         return self
 

@@ -20,28 +20,43 @@ CHECK_TIMEOUT_S = 5.0
 BASE_S = 0.5
 
 
-async def ping(engine: AsyncEngine) -> None:
+# The worker's bookkeeping; and, beside Prefect, the events table Prefect's
+# migrations make, maybe after the worker's.
+OWN_TABLE = "persister_consumer_offsets"
+HINTS = {
+    "persister": "run `persister migrate`",
+    "prefect": "run `persister migrate`, and start the Prefect server or run "
+    "`prefect server database upgrade` to make its events tables",
+}
+
+
+async def ping(engine: AsyncEngine, tables: tuple[str, ...] = (OWN_TABLE,)) -> None:
     """Raise what the database raises if it cannot be used."""
     async with asyncio.timeout(CHECK_TIMEOUT_S), engine.connect() as conn:
-        await conn.execute(text("SELECT 1 FROM consumer_offsets LIMIT 1"))
+        for table in tables:
+            # Names are this module's constants.
+            await conn.execute(text(f"SELECT 1 FROM {table} LIMIT 1"))  # noqa: S608
 
 
-async def wait_for_database(engine: AsyncEngine, stopping: asyncio.Event) -> bool:
+async def wait_for_database(
+    engine: AsyncEngine, stopping: asyncio.Event, event_tables: str = "persister"
+) -> bool:
     """Until the database answers (True) or `stopping` is set (False). While
     it does not, one WARNING, `/readyz` 503 and persister_conditions{kind=
     "database"} 1; a line when it answers."""
     conditions = Conditions("database")
+    tables = (OWN_TABLE, "events", "event_resources")
     failures = 0
     while not stopping.is_set():
         try:
-            await ping(engine)
+            await ping(engine, tables)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             failures += 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             conditions.raise_(
                 "start",
                 f"database not usable yet ({type(exc).__name__}: {first}); not joining the "
-                "consumer group until it answers (check DATABASE_URL, run `persister migrate`)",
+                f"consumer group until it answers (check the database URL, {HINTS[event_tables]})",
                 logging.WARNING,
             )
             with contextlib.suppress(TimeoutError):

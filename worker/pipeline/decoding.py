@@ -90,7 +90,7 @@ def event_row(
     event: Envelope | Event, received: datetime, encode: Callable[[Any], Any] = json_text
 ) -> dict[str, Any]:
     """The `events` row: Prefect's `as_database_row()` but `recorded`, which the
-    database fills; JSON columns as JSON text (see JSON_COLUMNS), or as
+    insert sets per batch; JSON columns as JSON text (see JSON_COLUMNS), or as
     `encode` gives them (the benchmark's baseline passes pydantic's `Event`
     and leaves them to SQLAlchemy). An `Envelope`'s payload is JSON text already."""
     payload = event.payload

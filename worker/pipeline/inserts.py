@@ -39,9 +39,10 @@ from worker.pipeline.decoding import JSON_COLUMNS
 
 
 def _columns(table: Table) -> list[str]:
-    """The columns a row carries: those without a server default (`recorded`,
-    `created`, `updated`, resource row ids), which the database fills."""
-    return [c.name for c in table.columns if c.server_default is None]
+    """The columns a row carries: those without a server default (`created`,
+    `updated`, resource row ids), which the database fills, and `recorded`,
+    which Prefect's `events` has no default for."""
+    return [c.name for c in table.columns if c.server_default is None or c.name == "recorded"]
 
 
 def _unnest_insert(table: Table, returning: str | None) -> str:
@@ -88,6 +89,14 @@ _EVENT_TUPLE = itemgetter(*EVENT_COLUMNS)
 _RESOURCE_TUPLE = itemgetter(*RESOURCE_COLUMNS)
 
 
+def _stamp(event_rows: list[dict[str, Any]]) -> None:
+    """Set `recorded`, which Prefect's `events` has no default for: the
+    worker fills it as Prefect's own persister does, once per batch."""
+    recorded = datetime.now(UTC)
+    for row in event_rows:
+        row["recorded"] = recorded
+
+
 async def copy_events_and_resources(
     conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
 ) -> tuple[int, int] | None:
@@ -96,6 +105,7 @@ async def copy_events_and_resources(
     or a row is bad. `insert_events_and_resources` then sorts them out."""
     if not event_rows:
         return 0, 0
+    _stamp(event_rows)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     savepoint = await conn.begin_nested()
@@ -130,6 +140,7 @@ async def insert_events_and_resources(
     the new ones only; returns (new events, resource rows written)."""
     if not event_rows:
         return 0, 0
+    _stamp(event_rows)
     if conn.dialect.name == "postgresql":
         arrays = _as_arrays(event_rows, EVENT_COLUMNS) + _as_arrays(resources, RESOURCE_COLUMNS)
         result = await conn.exec_driver_sql(EVENTS_AND_RESOURCES_SQL, arrays)

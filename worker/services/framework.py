@@ -27,6 +27,7 @@ from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.core.leader import Lease, acquire, release
 from worker.core.settings import ENV_PREFIX, ServiceToggle, Settings, replica_id
+from worker.pipeline import event_tables
 from worker.pipeline.database_wait import wait_for_database
 from worker.pipeline.persister import Persister
 from worker.pipeline.storage import create_engine
@@ -105,7 +106,7 @@ class Service(ABC):
                 await service.stop()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for service, result in zip(services, results, strict=False):
-                quiet = asyncio.CancelledError | CannotStart
+                quiet = asyncio.CancelledError | CannotStart | event_tables.Unwritable
                 failed = isinstance(result, BaseException) and not isinstance(result, quiet)
                 if failed and result is not raising:
                     logger.error("service %s failed: %r", service.name, result)
@@ -161,7 +162,8 @@ class EventPersister(Service):
         s = self.settings
         engine = create_engine(s.database_url, s.database_pool_size)
         try:
-            if await wait_for_database(engine, self._leaving):
+            if await wait_for_database(engine, self._leaving, s.event_tables):
+                await event_tables.check(engine, s)
                 persister = Persister(s, engine)
                 await persister.run(self._leaving, self.started_event)
         finally:

@@ -1,16 +1,18 @@
 """Trimming events older than the retention period.
 
-On PostgreSQL a trim first creates the partitions ahead and drops the
-partitions wholly older than the retention period (`worker.services.time_partitions`,
-fenced by the lease). Then it deletes, for each rule, resource rows first and
-then events, in batches (`worker.pipeline.storage.batch_delete`), each batch an index
-range scan on `occurred`: on PostgreSQL in each partition that still holds
-rows older than the rule's cutoff (the one straddling it, the DEFAULT one,
-and for overrides the younger ones), on SQLite in the tables. Rules: one per
-retention override (events whose name matches a glob, kept for less than the
-retention period), then the retention period for everything. With a lease,
-every batch also checks that the lease is still held with its epoch, so a
-trimmer that lost leadership mid-trim stops deleting at its next batch.
+On the worker's own tables on PostgreSQL a trim first creates the partitions
+ahead and drops the partitions wholly older than the retention period
+(`worker.services.time_partitions`, fenced by the lease). Then it deletes, for
+each rule, resource rows first and then events, in batches
+(`worker.pipeline.storage.batch_delete`), each batch an index range scan on
+`occurred`: in each partition that still holds rows older than the rule's
+cutoff (the one straddling it, the DEFAULT one, and for overrides the younger
+ones), or in the whole tables on SQLite and in Prefect's tables, which are not
+partitioned. Rules: one per retention override (events whose name matches a
+glob, kept for less than the retention period), then the retention period for
+everything. With a lease, every batch also checks that the lease is still
+held with its epoch, so a trimmer that lost leadership mid-trim stops
+deleting at its next batch.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ async def trim(
     PostgreSQL, first create the partitions ahead and drop the expired ones
     whole; then delete the rest row by row from the partitions it is in."""
     when = now or datetime.now(UTC)
-    partitioned = engine.dialect.name == "postgresql"
+    partitioned = engine.dialect.name == "postgresql" and settings.event_tables == "persister"
     dropped = 0
     if partitioned and not dry_run:
         await time_partitions.ensure_for(engine, settings, when)

@@ -1,4 +1,5 @@
-"""events, event_resources, consumer_offsets, dead_letters
+"""events, event_resources (unless Prefect's migrations make them), persister_consumer_offsets,
+persister_dead_letters
 
 Revision ID: 0001
 Revises:
@@ -11,6 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from schemas.sharing import owns_event_tables
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -21,8 +24,9 @@ Timestamp = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    _events()
-    _event_resources()
+    if owns_event_tables():
+        _events()
+        _event_resources()
     _consumer_offsets()
     _dead_letters()
 
@@ -70,19 +74,21 @@ def _event_resources() -> None:
 
 def _consumer_offsets() -> None:
     op.create_table(
-        "consumer_offsets",
+        "persister_consumer_offsets",
         sa.Column("group_id", sa.Text(), nullable=False),
         sa.Column("topic", sa.Text(), nullable=False),
         sa.Column("partition", sa.Integer(), nullable=False),
         sa.Column("next_offset", sa.BigInteger(), nullable=False),
         sa.Column("updated", Timestamp, server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("group_id", "topic", "partition", name="pk_consumer_offsets"),
+        sa.PrimaryKeyConstraint(
+            "group_id", "topic", "partition", name="pk_persister_consumer_offsets"
+        ),
     )
 
 
 def _dead_letters() -> None:
     op.create_table(
-        "dead_letters",
+        "persister_dead_letters",
         sa.Column(
             "id",
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
@@ -99,18 +105,19 @@ def _dead_letters() -> None:
         sa.Column("error_class", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("recorded", Timestamp, server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_dead_letters"),
+        sa.PrimaryKeyConstraint("id", name="pk_persister_dead_letters"),
     )
     op.create_index(
-        "ix_dead_letters__group_id_topic_partition_offset",
-        "dead_letters",
+        "ix_persister_dead_letters__group_id_topic_partition_offset",
+        "persister_dead_letters",
         ["group_id", "topic", "partition", "offset"],
         unique=True,
     )
 
 
 def downgrade() -> None:
-    op.drop_table("dead_letters")
-    op.drop_table("consumer_offsets")
-    op.drop_table("event_resources")
-    op.drop_table("events")
+    op.drop_table("persister_dead_letters")
+    op.drop_table("persister_consumer_offsets")
+    if owns_event_tables():
+        op.drop_table("event_resources")
+        op.drop_table("events")

@@ -1,4 +1,4 @@
-"""dead_letters.published: when the record reached the dead-letter topic
+"""persister_dead_letters.published: when the record reached the dead-letter topic
 
 Revision ID: 0002
 Revises: 0001
@@ -17,10 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("dead_letters") as batch:
+    with op.batch_alter_table("persister_dead_letters") as batch:
         batch.add_column(sa.Column("published", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dead_letters") as batch:
+    with op.batch_alter_table("persister_dead_letters") as batch:
         batch.drop_column("published")

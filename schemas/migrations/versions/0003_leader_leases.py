@@ -1,4 +1,4 @@
-"""leader_leases: who leads a singleton task, until when, and its epoch
+"""persister_leader_leases: who leads a singleton task, until when, and its epoch
 
 Revision ID: 0003
 Revises: 0002
@@ -18,14 +18,14 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "leader_leases",
+        "persister_leader_leases",
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("holder", sa.Text(), nullable=False),
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("expires", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name", name="pk_leader_leases"),
+        sa.PrimaryKeyConstraint("name", name="pk_persister_leader_leases"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("leader_leases")
+    op.drop_table("persister_leader_leases")

@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
+from schemas.sharing import owns_event_tables
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -42,6 +44,8 @@ def _timestamps() -> list[sa.Column[Any]]:
 
 
 def upgrade() -> None:
+    if not owns_event_tables():
+        return  # Prefect's migrations own events and event_resources
     if op.get_bind().dialect.name == "postgresql":
         for column in _timestamps():
             op.add_column("events", column)
@@ -74,6 +78,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Puts the labels back from the columns: prefect.resource.id on every
     row, prefect.resource.role on related resources (role not "")."""
+    if not owns_event_tables():
+        return  # Prefect's migrations own events and event_resources
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "ALTER TABLE event_resources"

@@ -1,4 +1,4 @@
-"""partition_controls: what operators ask of a group's partitions (paused, reload)
+"""persister_partition_controls: what operators ask of a group's partitions (paused, reload)
 
 Revision ID: 0005
 Revises: 0004
@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "partition_controls",
+        "persister_partition_controls",
         sa.Column("group_id", sa.Text(), nullable=False),
         sa.Column("topic", sa.Text(), nullable=False),
         sa.Column("partition", sa.Integer(), nullable=False),
@@ -27,9 +27,11 @@ def upgrade() -> None:
         sa.Column(
             "updated", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
-        sa.PrimaryKeyConstraint("group_id", "topic", "partition", name="pk_partition_controls"),
+        sa.PrimaryKeyConstraint(
+            "group_id", "topic", "partition", name="pk_persister_partition_controls"
+        ),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("partition_controls")
+    op.drop_table("persister_partition_controls")

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from schemas.partitions import create_default_sql, create_sql, slots
+from schemas.sharing import owns_event_tables
 
 revision = "0006"
 down_revision = "0005"
@@ -157,6 +158,8 @@ def _copy(table: str, columns: str, conflict: str = "") -> None:
 
 
 def upgrade() -> None:
+    if not owns_event_tables():
+        return  # Prefect's migrations own events and event_resources
     bind = op.get_bind()
     postgresql = bind.dialect.name == "postgresql"
     lz4 = postgresql and _lz4(bind)
@@ -172,6 +175,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Back to one unpartitioned table each. An id stored with two different
     `occurred` keeps one row (the earliest), as the old key allows one."""
+    if not owns_event_tables():
+        return  # Prefect's migrations own events and event_resources
     postgresql = op.get_bind().dialect.name == "postgresql"
     for table in ("events", "event_resources"):
         op.execute(f"ALTER TABLE {table} RENAME TO {table}_old")

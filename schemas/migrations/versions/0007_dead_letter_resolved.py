@@ -1,4 +1,4 @@
-"""dead_letters.resolved: when an operator marked the dead letter dealt with
+"""persister_dead_letters.resolved: when an operator marked the dead letter dealt with
 
 Revision ID: 0007
 Revises: 0006
@@ -17,10 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("dead_letters") as batch:
+    with op.batch_alter_table("persister_dead_letters") as batch:
         batch.add_column(sa.Column("resolved", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dead_letters") as batch:
+    with op.batch_alter_table("persister_dead_letters") as batch:
         batch.drop_column("resolved")

@@ -441,3 +441,12 @@ def test_the_event_persister_is_on_by_default(secrets: Path) -> None:
     s = load(secrets)
     assert EventPersister.enabled(s) is True
     assert Service.enabled_services(s) == [EventPersister, RetentionTrimmer, MetricsServer]
+
+
+def test_prefects_event_tables_need_postgresql(secrets: Path) -> None:
+    found = errors(secrets, database_url="sqlite+aiosqlite:///e.db", event_tables="prefect")
+    assert [message for _, _, message in found] == [
+        "Value error, PERSISTER_EVENT_TABLES=prefect needs PostgreSQL: a Prefect server "
+        "shares its PostgreSQL database"
+    ]
+    assert Settings(_secrets_dir=secrets, event_tables="prefect").event_tables == "prefect"

@@ -93,13 +93,13 @@ TEXT_BOUNDS = {
     ("events", "resource_id"): MAX_RESOURCE_ID_BYTES_CAP,
     ("event_resources", "resource_role"): MAX_ROLE_BYTES,
     ("event_resources", "resource_id"): MAX_RESOURCE_ID_BYTES_CAP,
-    ("consumer_offsets", "group_id"): MAX_GROUP_ID_BYTES,
-    ("consumer_offsets", "topic"): MAX_TOPIC_CHARS,
-    ("dead_letters", "group_id"): MAX_GROUP_ID_BYTES,
-    ("dead_letters", "topic"): MAX_TOPIC_CHARS,
-    ("leader_leases", "name"): utf8_length(RetentionTrimmer.lease_name),
-    ("partition_controls", "group_id"): MAX_GROUP_ID_BYTES,
-    ("partition_controls", "topic"): MAX_TOPIC_CHARS,
+    ("persister_consumer_offsets", "group_id"): MAX_GROUP_ID_BYTES,
+    ("persister_consumer_offsets", "topic"): MAX_TOPIC_CHARS,
+    ("persister_dead_letters", "group_id"): MAX_GROUP_ID_BYTES,
+    ("persister_dead_letters", "topic"): MAX_TOPIC_CHARS,
+    ("persister_leader_leases", "name"): utf8_length(RetentionTrimmer.lease_name),
+    ("persister_partition_controls", "group_id"): MAX_GROUP_ID_BYTES,
+    ("persister_partition_controls", "topic"): MAX_TOPIC_CHARS,
 }
 
 

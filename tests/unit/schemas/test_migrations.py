@@ -27,16 +27,17 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from schemas.migrate import alembic_config, upgrade
+from schemas.sharing import VERSION_TABLE
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
 
 TABLES = {
     "events",
     "event_resources",
-    "consumer_offsets",
-    "dead_letters",
-    "leader_leases",
-    "partition_controls",
+    "persister_consumer_offsets",
+    "persister_dead_letters",
+    "persister_leader_leases",
+    "persister_partition_controls",
 }
 
 INDEXES = {
@@ -46,10 +47,10 @@ INDEXES = {
         "ix_events__resource_id_occurred",
     },
     "event_resources": {"ix_event_resources__resource_id_occurred"},
-    "consumer_offsets": set(),
-    "dead_letters": {"ix_dead_letters__group_id_topic_partition_offset"},
-    "leader_leases": set(),
-    "partition_controls": set(),
+    "persister_consumer_offsets": set(),
+    "persister_dead_letters": {"ix_persister_dead_letters__group_id_topic_partition_offset"},
+    "persister_leader_leases": set(),
+    "persister_partition_controls": set(),
 }
 
 PRIMARY_KEYS = {
@@ -58,10 +59,16 @@ PRIMARY_KEYS = {
         "pk_event_resources",
         ["occurred", "event_id", "resource_role", "resource_id"],
     ),
-    "consumer_offsets": ("pk_consumer_offsets", ["group_id", "topic", "partition"]),
-    "dead_letters": ("pk_dead_letters", ["id"]),
-    "leader_leases": ("pk_leader_leases", ["name"]),
-    "partition_controls": ("pk_partition_controls", ["group_id", "topic", "partition"]),
+    "persister_consumer_offsets": (
+        "pk_persister_consumer_offsets",
+        ["group_id", "topic", "partition"],
+    ),
+    "persister_dead_letters": ("pk_persister_dead_letters", ["id"]),
+    "persister_leader_leases": ("pk_persister_leader_leases", ["name"]),
+    "persister_partition_controls": (
+        "pk_persister_partition_controls",
+        ["group_id", "topic", "partition"],
+    ),
 }
 
 
@@ -87,9 +94,8 @@ def differences(connection: sa.Connection, target: sa.MetaData) -> list[Any]:
     # exclusions are needed: on SQLite the JSON/JSONB variant reflects as JSON,
     # Uuid as its CHAR(32) storage and BigInteger-with-Integer-variant as
     # INTEGER, all of which Alembic treats as matching the metadata.
-    context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "compare_server_default": True}
-    )
+    opts = {"compare_type": True, "compare_server_default": True, "version_table": VERSION_TABLE}
+    context = MigrationContext.configure(connection, opts=opts)
     return list(compare_metadata(context, target))
 
 
@@ -117,7 +123,7 @@ def test_the_comparison_would_notice_a_column_difference(connection: sa.Connecti
 
 
 def test_migrated_tables(connection: sa.Connection) -> None:
-    assert set(sa.inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
+    assert set(sa.inspect(connection).get_table_names()) == TABLES | {"persister_alembic_version"}
 
 
 def test_metadata_tables() -> None:
@@ -136,7 +142,7 @@ def test_metadata_indexes() -> None:
 def test_only_the_dead_letter_index_is_unique(connection: sa.Connection) -> None:
     inspector = sa.inspect(connection)
     unique = {ix["name"] for t in TABLES for ix in inspector.get_indexes(t) if ix["unique"]}
-    assert unique == {"ix_dead_letters__group_id_topic_partition_offset"}
+    assert unique == {"ix_persister_dead_letters__group_id_topic_partition_offset"}
 
 
 def test_migrated_primary_keys(connection: sa.Connection) -> None:
@@ -146,6 +152,11 @@ def test_migrated_primary_keys(connection: sa.Connection) -> None:
         pk = inspector.get_pk_constraint(table)
         found[table] = (pk["name"], pk["constrained_columns"])
     assert found == PRIMARY_KEYS
+
+
+def revision_of(connection: sa.Connection) -> str | None:
+    opts = {"version_table": VERSION_TABLE}
+    return MigrationContext.configure(connection, opts=opts).get_current_revision()
 
 
 def head() -> str | None:
@@ -167,19 +178,19 @@ def test_migrations_form_one_line_of_history() -> None:
 
 
 def test_migrated_database_is_at_head(connection: sa.Connection) -> None:
-    assert MigrationContext.configure(connection).get_current_revision() == head()
+    assert revision_of(connection) == head()
 
 
 def test_upgrading_again_is_a_no_op(migrated: Path, connection: sa.Connection) -> None:
     upgrade(f"sqlite+aiosqlite:///{migrated}")
-    assert MigrationContext.configure(connection).get_current_revision() == head()
+    assert revision_of(connection) == head()
     assert differences(connection, metadata) == []
 
 
 def test_0004_keeps_the_data_and_drops_the_id_and_role_labels(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     url = f"sqlite+aiosqlite:///{path}"
-    upgrade(url, old_rows.BEFORE)
+    upgrade(url, revision=old_rows.BEFORE)
     engine = sa.create_engine(f"sqlite:///{path}")
     er = event_resources.c
     by_key = sa.select(event_resources).order_by(er.event_id, er.resource_role)
@@ -218,7 +229,7 @@ def test_0004_keeps_the_data_and_drops_the_id_and_role_labels(tmp_path: Path) ->
 def test_0006_keeps_every_row_both_ways(tmp_path: Path) -> None:
     path = tmp_path / "before-0006.db"
     url = f"sqlite+aiosqlite:///{path}"
-    upgrade(url, "0005")
+    upgrade(url, revision="0005")
     engine = sa.create_engine(f"sqlite:///{path}")
     resources = [{**r, "resource": {"prefect.resource.name": "x"}} for r in old_rows.RESOURCES]
 

@@ -80,7 +80,7 @@ def records(event: dict[str, Any], received: datetime) -> tuple[Row, list[Row]]:
     """The worker's rows for `event` (`worker.pipeline.decoding`), as COPY
     takes them: values in the tables' column order."""
     valid = Event.model_validate(event)
-    row = event_row(valid, received)
+    row = event_row(valid, received) | {"recorded": received}
     resources = resource_rows(valid)
     return tuple(row[n] for n in EVENT_COLUMNS), [
         tuple(r[n] for n in RESOURCE_COLUMNS) for r in resources
