@@ -13,6 +13,7 @@ write, and a database it must not migrate, are refused with one line.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -156,7 +157,17 @@ async def test_prefect_first_then_the_worker_then_prefect_again(
         async with workers(stack_info, url, topic, tmp_path) as pool:
             await asyncio.to_thread(pool.start)
             await wait_persisted(engine, f"group-{topic}", topic, ends, timeout_s=90)
+            # Prefect's events are keyed by id: the same id at another time
+            # is not stored again.
+            again = json.loads(built["wire"][0])
+            again["occurred"] = (
+                datetime.fromisoformat(again["occurred"]) + timedelta(minutes=1)
+            ).isoformat()
+            await send(stack_info, topic, [json.dumps(again).encode()], partition=0)
+            ends = await end_offsets(stack_info, topic, 2)
+            await wait_persisted(engine, f"group-{topic}", topic, ends, timeout_s=90)
             assert await asyncio.to_thread(pool.stop_all) == [0]
+        assert sum(ends.values()) == N + 1
         assert await scalar(engine, "SELECT count(*) FROM events") == N
         assert await scalar(engine, "SELECT count(*) FROM events WHERE recorded IS NULL") == 0
         assert await scalar(engine, "SELECT count(*) FROM persister_dead_letters") == 0

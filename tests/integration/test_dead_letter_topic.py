@@ -239,7 +239,7 @@ async def test_one_the_topic_refuses_whole_goes_reduced_and_holds_back_none(
             "WARNING",
             f"{topic}[0]: dead letters not sent to {topic}.dlq: MessageSizeTooLargeError() "
             "at offset 2; retrying with a jittered backoff of up to 5 s "
-            "(they are in the dead_letters table)",
+            "(they are in the persister_dead_letters table)",
         ),
         ("INFO", f"{topic}[0]: dead letters reach {topic}.dlq again"),
     ]
@@ -335,7 +335,8 @@ async def test_a_topic_that_cannot_be_created_is_reported_once_and_events_flow(
         f"{topic}[0]: dead letters not sent to {topic}/dlq: InvalidTopicError("
     )
     assert lines[0][1].endswith(
-        "; retrying with a jittered backoff of up to 5 s (they are in the dead_letters table)"
+        "; retrying with a jittered backoff of up to 5 s "
+        "(they are in the persister_dead_letters table)"
     )
 
 

@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     naive_timestamps: Literal["utc", "reject"] = "utc"
 
     # "<topic>" stands for the source topic; empty switches the topic off
-    # (dead letters still go to the dead_letters table).
+    # (dead letters still go to the persister_dead_letters table).
     dead_letter_topic: str = "<topic>.dlq"
 
     retention: Duration = timedelta(days=7)

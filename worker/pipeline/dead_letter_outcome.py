@@ -63,7 +63,7 @@ def report(conditions: Conditions, tp: TP, topic: str, outcome: Outcome) -> None
         reason = (
             f"{where}: dead letters not sent to {topic}: {outcome.error}; "
             f"retrying with a jittered backoff of up to {RETRY_CAP_S:.0f} s "
-            "(they are in the dead_letters table)"
+            "(they are in the persister_dead_letters table)"
         )
         conditions.raise_(f"{where} send", reason, logging.WARNING)
     if outcome.unfit is None:

@@ -288,7 +288,7 @@ class DeadLetterPublisher:
                 outcome.reduced += 1
                 logger.info(
                     "%s[%d]: dead letter of offset %d sent reduced (its %d bytes are in "
-                    "the dead_letters table)",
+                    "the persister_dead_letters table)",
                     *tp,
                     row.offset,
                     len(row.value or b""),

@@ -214,7 +214,8 @@ async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(
     lines = [r.getMessage() for r in caplog.records if r.name == "worker.core.conditions"]
     assert lines == [
         "events[3]: dead letters not sent to events.dlq: an attempt took over 0 s; "
-        "retrying with a jittered backoff of up to 5 s (they are in the dead_letters table)",
+        "retrying with a jittered backoff of up to 5 s "
+        "(they are in the persister_dead_letters table)",
         "events[3]: dead letters reach events.dlq again",
     ]
 

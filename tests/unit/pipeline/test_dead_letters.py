@@ -172,7 +172,7 @@ def test_publishing_problems_are_logged_once_and_end_with_one_line(
         assert ours(metrics.readiness.conditions) == {
             "test-dead-letters:events[3] send": "events[3]: dead letters not sent to events.dlq: "
             "KafkaConnectionError('down'); retrying with a jittered backoff of up to 5 s "
-            "(they are in the dead_letters table)"
+            "(they are in the persister_dead_letters table)"
         }
         for _ in range(3):
             report(conditions, ("events", 3), "events.dlq", unfit)
@@ -185,7 +185,8 @@ def test_publishing_problems_are_logged_once_and_end_with_one_line(
         (
             "WARNING",
             "events[3]: dead letters not sent to events.dlq: KafkaConnectionError('down'); "
-            "retrying with a jittered backoff of up to 5 s (they are in the dead_letters table)",
+            "retrying with a jittered backoff of up to 5 s "
+            "(they are in the persister_dead_letters table)",
         ),
         ("INFO", "events[3]: dead letters reach events.dlq again"),
         (
