@@ -95,6 +95,12 @@ bench-growth: install ## Write speed as the tables fill to TARGET events (defaul
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
 
+SIZES ?= 1000000,10000000
+
+.PHONY: bench-prefect-read
+bench-prefect-read: install prefect-venv ## A real Prefect server's event feed and count by name, on events the worker wrote beside it and on events Prefect wrote (SIZES=1000000,10000000); not in CI
+	$(BIN)/python -m worker.devtools.bench.prefect_read --sizes $(SIZES) --out bench-results
+
 .PHONY: soak
 soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q

@@ -23,7 +23,6 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.prefect_server import PrefectServer, database_upgrade
 from tests.integration.support import (
     create_topic,
     end_offsets,
@@ -36,6 +35,7 @@ from tests.integration.support import (
 )
 from tests.integration.test_prefect_readback import ALL_TIME, BASE, N, prefect_side, specs
 from tests.integration.workers import WorkerPool, run_command, worker_env
+from worker.devtools.prefect_server import PrefectServer, database_upgrade
 from worker.devtools.stack import StackInfo
 from worker.pipeline.storage import create_engine
 

@@ -81,9 +81,14 @@ async def stored_vs_end(engine: AsyncEngine, info: StackInfo) -> list[tuple[int,
 
 async def table_counts(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as conn:
+        tables = {
+            "events": events,
+            "event_resources": event_resources,
+            "dead_letters": dead_letters,
+        }
         return {
-            t.name: int((await conn.execute(select(func.count()).select_from(t))).scalar_one())
-            for t in (events, event_resources, dead_letters)
+            name: int((await conn.execute(select(func.count()).select_from(t))).scalar_one())
+            for name, t in tables.items()
         }
 
 

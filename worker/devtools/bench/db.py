@@ -17,7 +17,7 @@ from worker.devtools.bench.results import Latency
 # asyncpg ships no type information.
 Connection = Any
 
-TABLES = ("events", "event_resources", "consumer_offsets", "dead_letters")
+TABLES = ("events", "event_resources", "persister_consumer_offsets", "persister_dead_letters")
 
 # Seconds between the record timestamp and the insert's transaction start.
 LATENCY_SQL = """
@@ -60,7 +60,7 @@ class Counts:
 async def counts(conn: Connection) -> Counts:
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_resources),"
-        " (SELECT count(*) FROM dead_letters)"
+        " (SELECT count(*) FROM persister_dead_letters)"
     )
     return Counts(int(row[0]), int(row[1]), int(row[2]))
 
@@ -71,7 +71,8 @@ async def count_events(conn: Connection, ids: Sequence[UUID]) -> int:
 
 async def stored_offsets(conn: Connection, group_id: str, topic: str) -> dict[int, int]:
     rows = await conn.fetch(
-        "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+        "SELECT partition, next_offset FROM persister_consumer_offsets"
+        " WHERE group_id = $1 AND topic = $2",
         group_id,
         topic,
     )

@@ -1,5 +1,5 @@
-"""A real Prefect server (the pinned Prefect, from `.venv-prefect`) for the
-tests that share its database, and a fresh PostgreSQL database for each.
+"""A real Prefect server (the pinned Prefect, from `.venv-prefect`), for the
+tests and benchmarks that share its database.
 
 The server runs with its defaults: only its database, its home, its event
 persister off (the worker persists its events) and its telemetry off (this
