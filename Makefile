@@ -46,7 +46,7 @@ $(PREFECT_VENV)/installed: $(PREFECT_LOCK) $(UV_VENV)/bin/uv
 	@touch $@
 
 .PHONY: prefect-venv
-prefect-venv: $(PREFECT_VENV)/installed ## Create .venv-prefect with the pinned Prefect (for the read-back test)
+prefect-venv: $(PREFECT_VENV)/installed ## Create .venv-prefect with the pinned Prefect (its code and its server, for the tests)
 
 .PHONY: format
 format: install ## Format the code

@@ -10,7 +10,8 @@ databases of one throwaway PostgreSQL server, both migrated by Prefect
   worker's rows for the events (its msgspec reader and `worker.pipeline.decoding`)
   written by its COPY (`worker.pipeline.inserts`), as `persister run` writes them;
 - `prefect`: the same events written by Prefect's own `write_events`
-  (`prefect_code.py fill`).
+  (`prefect_code.py fill`), for sizes up to `--prefect-up-to`: Prefect's
+  writer is built for a server's own events, not for loading millions.
 
 Each is VACUUM ANALYZEd; then a real Prefect server (its defaults) answers,
 `--repeat` times each after `--warmup`: the UI's event feed (`POST
@@ -192,7 +193,7 @@ async def measure(
 async def run(server_url: str, tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for size in args.sizes:
-        for who in ("worker", "prefect"):
+        for who in ("worker", "prefect")[: 2 if size <= args.prefect_up_to else 1]:
             name = f"{who}_{size}"
             async with db.connect(server_url) as conn:
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -235,6 +236,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda v: [int(s) for s in v.split(",")],
         default=[1_000_000, 10_000_000],
         help="events stored, comma-separated",
+    )
+    parser.add_argument(
+        "--prefect-up-to",
+        type=int,
+        default=1_000_000,
+        help="the largest size Prefect's own writer fills too (it is far slower than COPY)",
     )
     parser.add_argument("--days", type=int, default=7, help="days the events spread over")
     parser.add_argument("--repeat", type=int, default=100, help="timed requests of each")
