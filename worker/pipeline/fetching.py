@@ -164,9 +164,12 @@ class Fetching:
     def _take(self, fetched: dict[TopicPartition, list[Record]]) -> None:
         consumer, now = self._consumer(), time.monotonic()
         for tp, state in self.owned.items():
-            if not state.ready:
-                continue
             ktp = TopicPartition(*tp)
+            # A topic gone from the cluster (deleted, recreated) leaves the
+            # consumer's assignment before the rebalance that revokes it from
+            # `owned`: nothing is known of its log until then.
+            if not state.ready or not consumer._subscription.is_assigned(ktp):
+                continue
             records = fetched.get(ktp, [])
             end = log_end(consumer, ktp)
             if self.accumulator.add(tp, records, now, fetch_position(consumer, ktp), end):
