@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from tests.integration.support import (
 )
 from tests.integration.test_prefect_readback import ALL_TIME, BASE, N, prefect_side, specs
 from tests.integration.workers import WorkerPool, run_command, worker_env
-from worker.devtools.prefect_server import PrefectServer, database_upgrade
+from worker.devtools.prefect_server import PREFECT_BIN, PrefectServer, database_upgrade, prefect_env
 from worker.devtools.stack import StackInfo
 from worker.pipeline.storage import create_engine
 
@@ -322,3 +323,28 @@ async def test_what_cannot_be_shared_is_refused_with_one_line(
     # Nothing was read: no offset stored, no dead letter.
     assert await stored_offsets(engine, f"group-{topic}", topic) == {}
     assert await scalar(engine, "SELECT count(*) FROM persister_dead_letters") == 0
+
+
+ENABLED_SERVICES = """
+import prefect.server.services.db_vacuum
+from prefect.server.services.perpetual_services import get_enabled_perpetual_services
+print("\\n".join(c.function.__name__ for c in get_enabled_perpetual_services()))
+"""
+
+
+def test_prefects_event_vacuum_stops_with_its_event_persister(tmp_path: Path) -> None:
+    """Prefect's `db_vacuum` deletes old events only while Prefect's event
+    persister is enabled: beside the worker, the worker's trimmer is the one."""
+
+    def services(persister: str) -> set[str]:
+        env = prefect_env("postgresql+asyncpg://unused@127.0.0.1:9/unused", tmp_path)
+        env["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED"] = persister
+        python = str(PREFECT_BIN.with_name("python"))
+        done = subprocess.run(
+            [python, "-c", ENABLED_SERVICES], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return set(done.stdout.split())
+
+    assert "schedule_event_vacuum_tasks" in services("true")
+    assert "schedule_event_vacuum_tasks" not in services("false")
