@@ -348,3 +348,19 @@ def test_prefects_event_vacuum_stops_with_its_event_persister(tmp_path: Path) ->
 
     assert "schedule_event_vacuum_tasks" in services("true")
     assert "schedule_event_vacuum_tasks" not in services("false")
+
+
+async def test_prefects_migrations_stop_on_an_events_table_they_did_not_make(
+    stack_info: StackInfo, shared: tuple[str, AsyncEngine], tmp_path: Path
+) -> None:
+    """Why the worker never makes `events` beside Prefect: on a database
+    where the worker alone made its tables, Prefect's migrations fail."""
+    url, _ = shared
+    code, _, err = await asyncio.to_thread(migrate, stack_info, url, "persister")
+    assert code == 0, err
+
+    upgraded = await asyncio.to_thread(database_upgrade, url, tmp_path / "prefect-home")
+
+    assert upgraded.returncode != 0
+    # Prefect's migration 15768c2ec702 creates event_resources first.
+    assert 'relation "event_resources" already exists' in upgraded.stdout + upgraded.stderr
