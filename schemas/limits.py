@@ -40,6 +40,9 @@ MAX_ROLE_BYTES = 256
 DEFAULT_MAX_RESOURCE_ID_BYTES = 1024
 MAX_RESOURCE_ID_BYTES_CAP = 2048
 MAX_GROUP_ID_BYTES = 1024
+# A message key the Prefect messaging broker's cache keeps: a SHA-256 in hex,
+# whatever the attribute's value.
+SEEN_MESSAGE_KEY_CHARS = 64
 
 
 def utf8_length(text: str) -> int:

@@ -228,3 +228,14 @@ partition_controls = Table(
     Column("updated", Timestamp, nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("group_id", "topic", "partition"),
 )
+
+# Message ids a Prefect server's processes published lately (an event's id),
+# each with when it was first seen: the Prefect messaging broker's cache, so
+# one event sent to two API processes is published once.
+seen_messages = Table(
+    "persister_seen_messages",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("seen", Timestamp, nullable=False),
+    PrimaryKeyConstraint("key"),
+)

@@ -17,6 +17,8 @@ WORKER = ROOT / "worker"
 # Lowest first: a package imports only from itself and those before it.
 ORDER = ["core", "pipeline", "operate", "services", "cli"]
 DEVTOOLS = "devtools"
+# Imported by a Prefect server, never by the worker: it needs Prefect.
+PREFECT_BROKER = "prefect_messaging"
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def worker_imports() -> list[Import]:
 
 def test_every_module_sits_in_one_of_the_packages() -> None:
     loose = {p.name for p in WORKER.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
-    assert loose == {"__init__.py", "__main__.py", DEVTOOLS, *ORDER}
+    assert loose == {"__init__.py", "__main__.py", DEVTOOLS, PREFECT_BROKER, *ORDER}
 
 
 def test_packages_import_only_from_those_below_them() -> None:
@@ -94,6 +96,25 @@ def test_the_runtime_never_imports_the_development_tools() -> None:
         if package_of(i.module) in ORDER
         and package_of(i.target) == DEVTOOLS
         and (i.top_level or package_of(i.module) != "cli")
+    ]
+    assert found == []
+
+
+def test_only_a_prefect_server_imports_the_prefect_broker() -> None:
+    found = [
+        f"{i.module} imports {i.target}"
+        for i in worker_imports()
+        if package_of(i.target) == PREFECT_BROKER and package_of(i.module) != PREFECT_BROKER
+    ]
+    assert found == []
+
+
+def test_the_prefect_broker_uses_only_the_core() -> None:
+    found = [
+        f"{i.module} imports {i.target}"
+        for i in worker_imports()
+        if package_of(i.module) == PREFECT_BROKER
+        and package_of(i.target) not in (None, "core", PREFECT_BROKER)
     ]
     assert found == []
 

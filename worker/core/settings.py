@@ -7,21 +7,18 @@ import os
 import re
 import socket
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from aiokafka.helpers import create_ssl_context
 from pydantic import (
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    FilePath,
-    SecretStr,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -31,6 +28,7 @@ from schemas.limits import (
     MAX_RESOURCE_ID_BYTES_CAP,
     utf8_length,
 )
+from worker.core.kafka_connection import KafkaConnection
 
 ENV_PREFIX = "PERSISTER_"
 SECRETS_DIR = os.environ.get("PERSISTER_SECRETS_DIR", "/run/secrets")
@@ -91,7 +89,7 @@ class Limits(BaseModel):
     naive_timestamps: Literal["utc", "reject"] = "utc"
 
 
-class Settings(BaseSettings):
+class Settings(KafkaConnection):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
@@ -101,12 +99,6 @@ class Settings(BaseSettings):
         secrets_dir=SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None,
     )
 
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092",
-        validation_alias=AliasChoices(
-            "PERSISTER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
-        ),
-    )
     topics: CommaList = ("events",)
     topic_pattern: str | None = None
     group_id: str = "event-persister"
@@ -124,17 +116,6 @@ class Settings(BaseSettings):
     metadata_max_age_s: float = Field(30.0, gt=0)
     # How often a partition whose records cannot be read is fetched again.
     fetch_retry_s: float = Field(60.0, gt=0, le=3600)
-
-    # Kafka security, passed through to aiokafka. SASL_* needs a mechanism,
-    # a user name and a password; SSL and SASL_SSL take the files below
-    # (none: the system's trusted CAs).
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: FilePath | None = None
-    kafka_ssl_certfile: FilePath | None = None
-    kafka_ssl_keyfile: FilePath | None = None
 
     database_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/events",
@@ -241,14 +222,6 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not self.topics and not self.topic_pattern:
             raise ValueError("set PERSISTER_TOPICS or PERSISTER_TOPIC_PATTERN")
-        if self.kafka_security_protocol.startswith("SASL_") and not (
-            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
-        ):
-            raise ValueError(
-                f"PERSISTER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "PERSISTER_KAFKA_SASL_MECHANISM, PERSISTER_KAFKA_SASL_USERNAME and "
-                "PERSISTER_KAFKA_SASL_PASSWORD"
-            )
         if self.max_batch_bytes > self.max_buffered_bytes:
             raise ValueError(
                 "PERSISTER_MAX_BATCH_BYTES must not exceed PERSISTER_MAX_BUFFERED_BYTES"
@@ -286,25 +259,6 @@ class Settings(BaseSettings):
             max_resource_id_bytes=self.max_resource_id_bytes,
             naive_timestamps=self.naive_timestamps,
         )
-
-    def kafka_options(self) -> dict[str, Any]:
-        """Connection keyword arguments for every aiokafka client."""
-        options: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers,
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_security_protocol.startswith("SASL_"):
-            assert self.kafka_sasl_password is not None  # checked at start-up
-            options["sasl_mechanism"] = self.kafka_sasl_mechanism
-            options["sasl_plain_username"] = self.kafka_sasl_username
-            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = create_ssl_context(
-                cafile=self.kafka_ssl_cafile,
-                certfile=self.kafka_ssl_certfile,
-                keyfile=self.kafka_ssl_keyfile,
-            )
-        return options
 
     def kafka_client_id(self) -> str:
         return self.client_id or replica_id()

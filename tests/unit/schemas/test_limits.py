@@ -22,6 +22,7 @@ from schemas.limits import (
     MAX_RESOURCE_ID_BYTES_CAP,
     MAX_ROLE_BYTES,
     MAX_TOPIC_CHARS,
+    SEEN_MESSAGE_KEY_CHARS,
     utf8_length,
 )
 from schemas.tables import metadata
@@ -100,6 +101,7 @@ TEXT_BOUNDS = {
     ("persister_leader_leases", "name"): utf8_length(RetentionTrimmer.lease_name),
     ("persister_partition_controls", "group_id"): MAX_GROUP_ID_BYTES,
     ("persister_partition_controls", "topic"): MAX_TOPIC_CHARS,
+    ("persister_seen_messages", "key"): SEEN_MESSAGE_KEY_CHARS,
 }
 
 

@@ -38,6 +38,7 @@ TABLES = {
     "persister_dead_letters",
     "persister_leader_leases",
     "persister_partition_controls",
+    "persister_seen_messages",
 }
 
 INDEXES = {
@@ -51,6 +52,7 @@ INDEXES = {
     "persister_dead_letters": {"ix_persister_dead_letters__group_id_topic_partition_offset"},
     "persister_leader_leases": set(),
     "persister_partition_controls": set(),
+    "persister_seen_messages": set(),
 }
 
 PRIMARY_KEYS = {
@@ -69,6 +71,7 @@ PRIMARY_KEYS = {
         "pk_persister_partition_controls",
         ["group_id", "topic", "partition"],
     ),
+    "persister_seen_messages": ("pk_persister_seen_messages", ["key"]),
 }
 
 
@@ -167,6 +170,7 @@ def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
     assert [r.revision for r in script.walk_revisions()] == [
+        "0008",
         "0007",
         "0006",
         "0005",

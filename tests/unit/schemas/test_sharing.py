@@ -94,7 +94,7 @@ def test_an_install_made_before_the_prefix_is_moved_with_every_row(tmp_path: Pat
                 (f"ix_persister_{UNPREFIXED_INDEX[3:]}", True)
             ]
             version = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
-            assert version.scalars().all() == ["0007"]
+            assert version.scalars().all() == ["0008"]
     finally:
         engine.dispose()
 
