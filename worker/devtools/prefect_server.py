@@ -68,9 +68,20 @@ def database_upgrade(database_url: str, home: Path) -> subprocess.CompletedProce
 
 
 class PrefectServer:
-    def __init__(self, database_url: str, home: Path) -> None:
+    """`prefect server start`; `options` are added to its command line and
+    `env` to its environment (e.g. a messaging broker)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        home: Path,
+        env: Mapping[str, str] | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.database_url = database_url
         self.home = home
+        self.env = dict(env or {})
+        self.options = options
         self.log = home / "server.log"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -91,11 +102,11 @@ class PrefectServer:
     def start(self) -> None:
         assert PREFECT_BIN.exists(), f"{PREFECT_BIN} is missing: run `make prefect-venv`"
         self.home.mkdir(parents=True, exist_ok=True)
-        command = [str(PREFECT_BIN), "server", "start", "--host", "127.0.0.1"]
+        command = [str(PREFECT_BIN), "server", "start", "--host", "127.0.0.1", *self.options]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*command, "--port", str(self.port)],
-                env=prefect_env(self.database_url, self.home),
+                env=prefect_env(self.database_url, self.home) | self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
