@@ -110,5 +110,9 @@ soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); r
 demo: install ## Run it end to end on a local stack
 	$(BIN)/python -m worker.devtools.demo
 
+.PHONY: demo-prefect
+demo-prefect: install prefect-venv ## A real Prefect server on Kafka: a flow run's events through the worker, read back through Prefect's API
+	$(BIN)/python -m worker.devtools.demo_prefect
+
 .PHONY: all
 all: test

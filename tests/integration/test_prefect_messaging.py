@@ -19,7 +19,7 @@ import pytest
 
 from schemas.migrate import upgrade
 from tests.integration.support import fresh_database
-from worker.devtools.prefect_server import PREFECT_BIN
+from worker.devtools.prefect_server import PREFECT_BIN, kafka_broker_env
 from worker.devtools.stack import StackInfo
 
 pytestmark = pytest.mark.integration
@@ -35,13 +35,13 @@ def broker_env(stack_info: StackInfo, home: Path, **extra: str) -> dict[str, str
     """A Prefect process's environment with the Kafka broker, its topics under
     a prefix no other test uses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PERSISTER_"))}
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    env.update(kafka_broker_env(stack_info.kafka_bootstrap_servers, prefix))
+    # The in-process cache unless a test says otherwise.
+    env.pop("PREFECT_MESSAGING_CACHE")
     env.update(
-        PYTHONPATH=str(ROOT),
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_MESSAGING_BROKER="worker.prefect_messaging",
-        PERSISTER_KAFKA_BOOTSTRAP_SERVERS=stack_info.kafka_bootstrap_servers,
-        PERSISTER_PREFECT_TOPIC_PREFIX=f"t{uuid.uuid4().hex[:10]}.",
         PERSISTER_PREFECT_TOPIC_PARTITIONS=str(PARTITIONS),
         PERSISTER_PREFECT_MAX_RETRIES=str(MAX_RETRIES),
         PERSISTER_PREFECT_RETRY_BASE_S="0.01",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -23,15 +22,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 
 from tests.integration.support import create_topic, end_offsets, fresh_database, wait_until
-from tests.integration.test_prefect_messaging import PREFECT_PYTHON, broker_env
+from tests.integration.test_prefect_messaging import broker_env
 from tests.integration.workers import WorkerPool, run_command, worker_env
-from worker.devtools.prefect_server import PrefectServer
+from worker.devtools.prefect_server import PrefectServer, run_flow
 from worker.devtools.stack import StackInfo
 from worker.pipeline.storage import create_engine
 
 pytestmark = pytest.mark.integration
 
-FLOW = Path(__file__).parents[1] / "prefect_side" / "flow_run.py"
 PARTITIONS = 4
 # Prefect's consumers of `events` besides its event persister (the worker).
 OTHER_GROUPS = ("reactive-triggers", "task-run-recorder", "event-logger")
@@ -54,21 +52,6 @@ class Deployment:
     server: PrefectServer
     workers: WorkerPool
     env: dict[str, str]
-
-
-def run_flow(server: PrefectServer, env: dict[str, str], out: Path) -> dict[str, str]:
-    """One real flow run through Prefect's client: its ids."""
-    done = subprocess.run(
-        [str(PREFECT_PYTHON), str(FLOW), str(out)],
-        env=env | {"PREFECT_API_URL": server.api},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ids: dict[str, str] = json.loads(out.read_text())
-    return ids
 
 
 def flow_events(server: PrefectServer, flow_run_id: str) -> list[dict[str, Any]]:
@@ -181,8 +164,8 @@ def in_memory(stack_info: StackInfo, home: Path) -> Iterator[PrefectServer]:
 async def test_a_flow_run_s_events_travel_through_kafka_and_are_stored_once(
     deployment: Deployment, in_memory: PrefectServer, home: Path
 ) -> None:
-    ids = run_flow(deployment.server, deployment.env, home / "on-kafka.json")
-    reference = run_flow(in_memory, deployment.env, home / "in-memory.json")
+    ids = run_flow(deployment.server.api, deployment.env, home / "on-kafka.json")
+    reference = run_flow(in_memory.api, deployment.env, home / "in-memory.json")
     on_kafka = await finished(deployment.server, ids["flow_run_id"])
     expected = await finished(in_memory, reference["flow_run_id"])
 
@@ -214,7 +197,7 @@ async def test_a_flow_run_s_events_travel_through_kafka_and_are_stored_once(
 async def test_prefect_s_other_consumers_read_every_event_through_kafka(
     deployment: Deployment, home: Path
 ) -> None:
-    ids = run_flow(deployment.server, deployment.env, home / "consumers.json")
+    ids = run_flow(deployment.server.api, deployment.env, home / "consumers.json")
     await finished(deployment.server, ids["flow_run_id"])
 
     async def all_groups_read() -> bool:

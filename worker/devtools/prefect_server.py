@@ -26,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).parents[2]
 PREFECT_BIN = Path(os.environ.get("PREFECT_VENV", ROOT / ".venv-prefect")) / "bin" / "prefect"
+FLOW = Path(__file__).with_name("prefect_flow.py")
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 30.0
@@ -46,6 +47,36 @@ def prefect_env(database_url: str, home: Path) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     return env
+
+
+def kafka_broker_env(bootstrap_servers: str, topic_prefix: str = "") -> dict[str, str]:
+    """What a Prefect server needs to use this project's Kafka broker, with
+    `persister run` as its event persister (prefect_env turns Prefect's off).
+    The repository goes on PYTHONPATH: `.venv-prefect` has aiokafka, not the
+    project."""
+    return {
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_MESSAGING_BROKER": "worker.prefect_messaging",
+        "PREFECT_MESSAGING_CACHE": "worker.prefect_messaging",
+        "PERSISTER_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "PERSISTER_PREFECT_TOPIC_PREFIX": topic_prefix,
+    }
+
+
+def run_flow(api_url: str, env: Mapping[str, str], out: Path) -> dict[str, str]:
+    """One real flow run (prefect_flow.py) through Prefect's client: its ids."""
+    done = subprocess.run(
+        [str(PREFECT_BIN.with_name("python")), str(FLOW), str(out)],
+        env={**env, "PREFECT_API_URL": api_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the flow run failed: {done.stderr[-3000:]}")
+    ids: dict[str, str] = json.loads(out.read_text())
+    return ids
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
 """A real flow run, executed by Prefect's client against the server at
-PREFECT_API_URL, run with the Prefect venv's python:
+PREFECT_API_URL, run with the Prefect venv's python (`make demo-prefect`
+and the tests):
 
-    flow_run.py OUT    the flow run's id and its task run's, as JSON, into OUT
+    prefect_flow.py OUT    the flow run's id and its task run's, as JSON, into OUT
 
 The flow and task have fixed names, so two runs (on two brokers) emit events
 that differ only in ids and timestamps.
