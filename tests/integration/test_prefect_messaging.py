@@ -84,10 +84,15 @@ async def test_a_published_message_is_consumed_as_sent_with_its_id_as_key(
     ]
 
 
+@pytest.mark.parametrize(
+    "cache", ["prefect.server.utilities.messaging.memory", "worker.prefect_messaging"]
+)
 async def test_a_message_published_again_by_id_is_written_once(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, cache: str
 ) -> None:
-    seen = await check("deduplication", env, tmp_path)
+    # Prefect's own cache, and the broker's on Prefect's default database
+    # (SQLite, nothing to share): both remember in the process.
+    seen = await check("deduplication", env | {"PREFECT_MESSAGING_CACHE": cache}, tmp_path)
     keys = Counter(r["key"] for r in seen["records"])
     # Five ids once each; the message without an id is not deduplicated.
     assert keys == Counter({**dict.fromkeys(seen["ids"], 1), None: 1})
@@ -172,3 +177,13 @@ async def test_an_event_from_a_producer_that_is_not_prefect_gets_its_attributes(
 ) -> None:
     seen = await check("foreign_producer", env, tmp_path)
     assert seen["attributes"] == [{"id": seen["id"], "event": "external.thing"}]
+
+
+async def test_prefect_s_own_event_persister_on_the_broker_is_refused_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    seen = await check("persister_group", env, tmp_path)
+    assert seen["refused"] == (
+        "Prefect's event persister is on: with this broker `persister run` persists "
+        "the events; set PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED=false"
+    )

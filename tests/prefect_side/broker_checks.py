@@ -266,7 +266,17 @@ async def foreign_producer() -> dict[str, Any]:
     return {"id": event_id, "attributes": [dict(m.attributes) for m in got]}
 
 
+async def persister_group() -> dict[str, Any]:
+    """Prefect's event persister left on: its consumer is refused."""
+    try:
+        messaging.create_consumer("events", group="event-persister", name="persister")
+    except ValueError as exc:
+        return {"refused": str(exc)}
+    return {"refused": None}
+
+
 CHECKS: dict[str, Check] = {
+    "persister_group": persister_group,
     "round_trip": round_trip,
     "deduplication": deduplication,
     "publish_ids": publish_ids,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
+from worker.core.kafka_connection import KafkaConnection
 from worker.core.settings import ENV_PREFIX, Settings
 from worker.services.framework import Service
 
@@ -26,6 +28,19 @@ def test_every_setting_is_in_the_readme_table() -> None:
     expected |= {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}
     expected |= {service.environment_variable_name() for service in Service.all_services()}
     assert documented_variables() == expected
+
+
+def test_every_broker_setting_is_in_the_prefect_section_table() -> None:
+    section = README.read_text().split("## Run it with Prefect", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_*]+)`", section, flags=re.MULTILINE))
+    spec = importlib.util.spec_from_file_location(
+        "broker_settings", README.parent / "worker" / "prefect_messaging" / "settings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    own = set(module.MessagingSettings.model_fields) - set(KafkaConnection.model_fields)
+    assert documented == {f"{ENV_PREFIX}{name.upper()}" for name in own} | {"PERSISTER_KAFKA_*"}
 
 
 ARCHITECTURE = Path(__file__).parents[2] / "docs" / "architecture.md"
@@ -86,7 +101,7 @@ def test_the_path_of_one_event_names_real_functions() -> None:
 def test_the_package_table_names_existing_modules() -> None:
     root = ARCHITECTURE.parents[1]
     rows = re.findall(r"^\| `(worker/\w+/)` \| (.+) \|$", ARCHITECTURE.read_text(), re.MULTILINE)
-    assert len(rows) == 6
+    assert len(rows) == 7
     missing = []
     for package, owns in rows:
         for name in re.findall(r"`(\w+)`", owns):
