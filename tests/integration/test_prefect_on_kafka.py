@@ -25,7 +25,7 @@ from tests.integration.support import create_topic, end_offsets, fresh_database,
 from tests.integration.test_prefect_messaging import broker_env
 from tests.integration.workers import WorkerPool, run_command, worker_env
 from worker.devtools.prefect_server import PrefectServer, run_flow
-from worker.devtools.stack import StackInfo
+from worker.devtools.stack import LocalStack, StackInfo
 from worker.pipeline.storage import create_engine
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,40 @@ NAMES = ("prefect.resource.name", "name")
 MADE_UP = re.compile(r"[a-z]+-[a-z]+|add_one-[0-9a-f]{3}")
 GENERATED = "<generated>"
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
+
+
+def posted_events(count: int, kind: str) -> list[dict[str, Any]]:
+    """Events as a client posts them to Prefect's API."""
+    now = datetime.now(UTC).isoformat()
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "occurred": now,
+            "event": f"check.{kind}",
+            "resource": {"prefect.resource.id": f"check.{kind}.{n}"},
+        }
+        for n in range(count)
+    ]
+
+
+def post(server: PrefectServer, events: list[dict[str, Any]]) -> None:
+    status, body = server.request("POST", "/events", events)
+    assert status == 204, body
+
+
+async def stored_once(url: str, ids: list[str]) -> tuple[int, int]:
+    """(rows, distinct ids) of `ids` in the events table."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                text("SELECT count(*), count(DISTINCT id) FROM events WHERE id = ANY(:ids)"),
+                {"ids": [uuid.UUID(i) for i in ids]},
+            )
+            rows, distinct = found.one()
+    finally:
+        await engine.dispose()
+    return int(rows), int(distinct)
 
 
 @dataclass
@@ -266,3 +300,54 @@ async def test_an_event_from_a_producer_that_is_not_prefect_fires_an_automation(
     finally:
         await producer.stop()
     assert triggered[0]["payload"]["triggering_event"]["id"] in sent
+
+
+async def test_two_api_processes_publish_an_event_sent_to_both_once(
+    deployment: Deployment, home: Path
+) -> None:
+    with PrefectServer(
+        deployment.url, home / "second-api", env=deployment.env, options=("--no-services",)
+    ) as second:
+        shared = posted_events(30, "both")
+        first_only, second_only = posted_events(30, "first"), posted_events(30, "second")
+        # A client that retries through a load balancer sends one event to both.
+        post(deployment.server, shared + first_only)
+        post(second, shared + second_only)
+    ids = [e["id"] for e in shared + first_only + second_only]
+
+    async def all_stored() -> bool:
+        return await stored_once(deployment.url, ids) == (90, 90)
+
+    await wait_until(all_stored, SETTLE_S, "the 90 events", every_s=0.5)
+    records = sum((await end_offsets(deployment.info, deployment.topic, PARTITIONS)).values())
+    engine = create_engine(deployment.url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT count(*) FROM events"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert rows == records
+
+
+async def test_kafka_restarted_under_a_running_prefect_server_loses_nothing(
+    deployment: Deployment, local_stack: LocalStack, home: Path
+) -> None:
+    before, during, after = (posted_events(20, k) for k in ("before", "during", "after"))
+    post(deployment.server, before)
+    await asyncio.to_thread(local_stack.stop_kafka)
+    try:
+        # Accepted once Kafka has the events: the request waits for it.
+        posting = asyncio.create_task(asyncio.to_thread(post, deployment.server, during))
+    finally:
+        await asyncio.to_thread(local_stack.start_kafka)
+    await posting
+    post(deployment.server, after)
+    ids = [e["id"] for e in before + during + after]
+
+    async def all_stored() -> bool:
+        return await stored_once(deployment.url, ids) == (60, 60)
+
+    await wait_until(all_stored, SETTLE_S * 2, "the 60 events", every_s=0.5)
+    flow = run_flow(deployment.server.api, deployment.env, home / "after-restart.json")
+    await finished(deployment.server, flow["flow_run_id"])
+    assert deployment.workers.alive() == [0], deployment.workers.tail()

@@ -169,7 +169,7 @@ class PrefectServer:
         text_lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
         return "\n".join(text_lines[-lines:])
 
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None) -> Any:
         """(status, parsed JSON body) of one API call."""
         url = path if path.startswith("http") else f"{self.api}{path}"
         data = json.dumps(body).encode() if body is not None else None
