@@ -238,4 +238,6 @@ seen_messages = Table(
     Column("key", Text, nullable=False),
     Column("seen", Timestamp, nullable=False),
     PrimaryKeyConstraint("key"),
+    # Expiry deletes by age.
+    Index(None, "seen"),
 )

@@ -145,6 +145,41 @@ async def publish_ids() -> dict[str, Any]:
     return {}
 
 
+async def publish_ids_failing() -> dict[str, Any]:
+    """As publish_ids, but Kafka refuses every message."""
+    broker = importlib.import_module(PREFECT_MESSAGING_BROKER.value())
+    async with broker.break_topic():
+        try:
+            await publish_ids()
+        except ValueError as exc:
+            return {"failed": str(exc)}
+    return {"failed": None}
+
+
+async def new_group_starts_at_the_end() -> dict[str, Any]:
+    """A group that never committed, under the default setting: what was
+    published before it joined is not delivered, what comes after is."""
+    await publish("events", [(b"old", {"id": "1"})], dedup=False)
+    seen: list[str] = []
+
+    async def handler(message: Message) -> None:
+        seen.append(message_form(message)["data"])
+        raise StopConsumer(ack=True)
+
+    consumer = messaging.create_consumer("events", group="new-group", name="new")
+    running = asyncio.create_task(consumer.run(handler))
+    async with asyncio.timeout(DEADLINE_S):
+        while True:  # polled: the consumer has no event to wait on
+            if consumer._kafka is not None and consumer._kafka.assignment():
+                break
+            await asyncio.sleep(0.05)
+        for tp in consumer._kafka.assignment():
+            await consumer._kafka.position(tp)  # the start is resolved
+        await publish("events", [(b"new", {"id": "1"})], dedup=False)
+        await running
+    return {"consumed": seen}
+
+
 async def records() -> dict[str, Any]:
     return {"records": await raw_records("events")}
 
@@ -280,6 +315,8 @@ CHECKS: dict[str, Check] = {
     "round_trip": round_trip,
     "deduplication": deduplication,
     "publish_ids": publish_ids,
+    "publish_ids_failing": publish_ids_failing,
+    "new_group_starts_at_the_end": new_group_starts_at_the_end,
     "records": records,
     "stop_consumer": stop_consumer,
     "shared_group": shared_group,

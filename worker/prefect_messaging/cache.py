@@ -33,13 +33,16 @@ LOOKBACK_S = 300.0
 FORGET_EVERY_S = 60.0
 QUERY_TIMEOUT_S = 5.0
 
-# A key is new if absent or seen before the lookback; either way it is seen now.
+# Checked before publishing; marked only once Kafka has the message
+# (Publisher._confirm), so a send that failed marks nothing.
+SEEN = """
+SELECT key FROM persister_seen_messages
+WHERE key = ANY($1::text[]) AND seen >= now() - make_interval(secs => $2)
+"""
 MARK = """
 INSERT INTO persister_seen_messages (key, seen)
 SELECT k, now() FROM unnest($1::text[]) AS k
 ON CONFLICT (key) DO UPDATE SET seen = excluded.seen
-WHERE persister_seen_messages.seen < now() - make_interval(secs => $2)
-RETURNING key
 """
 UNMARK = "DELETE FROM persister_seen_messages WHERE key = ANY($1::text[])"
 EXPIRE = "DELETE FROM persister_seen_messages WHERE seen < now() - make_interval(secs => $1)"
@@ -74,21 +77,36 @@ class Cache(PrefectCache):
             await self._memory.clear_recently_seen_messages()
 
     async def without_duplicates(self, attribute: str, messages: Iterable[M]) -> list[M]:
+        """The messages not published in the last LOOKBACK_S, and the first of
+        several with one key. Two processes given one event at the same
+        moment may both publish it: downstream takes that, not a loss."""
         if self._memory is not None:
             kept: list[M] = await self._memory.without_duplicates(attribute, messages)
             return kept
         keyed = [(m, _key(attribute, m)) for m in messages]
         keys = sorted({k for _, k in keyed if k is not None})
-        new = await self._query_keys(MARK, keys, LOOKBACK_S) if keys else []
-        if new is None:
+        seen = await self._query(SEEN, keys, LOOKBACK_S) if keys else []
+        if seen is None:
             return [m for m, _ in keyed]
-        fresh = set(new)
+        taken = set(seen)
         kept = []
         for message, key in keyed:
-            if key is None or key in fresh:
+            if key is None or key not in taken:
                 kept.append(message)
-                fresh.discard(key or "")
+                if key is not None:
+                    taken.add(key)
         return kept
+
+    async def remember(self, attribute: str, messages: Iterable[Message]) -> None:
+        """Mark messages Kafka has taken as seen."""
+        if self._memory is not None:
+            return  # the memory cache marked them when it let them through
+        keys = sorted({k for k in (_key(attribute, m) for m in messages) if k is not None})
+        if keys:
+            await self._query(MARK, keys)
+        if time.monotonic() - Cache._expired_at > FORGET_EVERY_S:
+            Cache._expired_at = time.monotonic()
+            await self._query(EXPIRE, None, LOOKBACK_S)
 
     async def forget_duplicates(self, attribute: str, messages: Iterable[Message]) -> None:
         if self._memory is not None:
@@ -96,16 +114,14 @@ class Cache(PrefectCache):
             return
         keys = [k for k in (_key(attribute, m) for m in messages) if k is not None]
         if keys:
-            await self._query_keys(UNMARK, keys)
+            await self._query(UNMARK, keys)
 
-    async def _query_keys(self, sql: str, keys: Sequence[str], *args: float) -> list[str] | None:
+    async def _query(self, sql: str, keys: Sequence[str] | None, *args: float) -> list[str] | None:
         """The keys `sql` returns, or None when the database did not answer."""
+        params = ([list(keys)] if keys is not None else []) + list(args)
         try:
             pool = await self._connected()
-            rows = await pool.fetch(sql, list(keys), *args, timeout=QUERY_TIMEOUT_S)
-            if time.monotonic() - Cache._expired_at > FORGET_EVERY_S:
-                Cache._expired_at = time.monotonic()
-                await pool.execute(EXPIRE, LOOKBACK_S, timeout=QUERY_TIMEOUT_S)
+            rows = await pool.fetch(sql, *params, timeout=QUERY_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if not Cache._failing:
                 Cache._failing = True

@@ -22,6 +22,10 @@ _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
 _topics: set[str] = set()
+# Prefect refuses events over 1,500,000 bytes; the worker reads messages up to
+# 1,572,864 (PERSISTER_MAX_MESSAGE_BYTES). Records that size, with headers, must
+# fit the producer's requests and the topics the broker creates.
+MAX_MESSAGE_BYTES = 1_572_864 + 64 * 1024
 
 
 def _lock() -> asyncio.Lock:
@@ -43,6 +47,7 @@ async def producer(settings: MessagingSettings) -> AIOKafkaProducer:
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,
+                max_request_size=MAX_MESSAGE_BYTES,
             )
             await started.start()
             _producers[loop] = started
@@ -65,6 +70,7 @@ async def ensure_topic(settings: MessagingSettings, topic: str) -> None:
     async with _lock():
         if topic not in _topics:
             partitions = settings.prefect_topic_partitions
-            if await create_topic(settings.kafka_options(), topic, partitions):
+            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+            if await create_topic(settings.kafka_options(), topic, partitions, configs):
                 log.info("created Kafka topic %s", topic)
             _topics.add(topic)

@@ -25,7 +25,11 @@ from prefect.server.utilities.messaging import MessageHandler, StopConsumer
 from worker.core.retry import backoff_s
 from worker.prefect_messaging import clients
 from worker.prefect_messaging.messages import KafkaMessage, from_record
-from worker.prefect_messaging.settings import PERSISTER_GROUP, MessagingSettings
+from worker.prefect_messaging.settings import (
+    PERSISTER_GROUP,
+    MessagingSettings,
+    messaging_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,48 @@ class Consumer(PrefectConsumer):
         **_unused: Any,
     ) -> None:
         if group == PERSISTER_GROUP:
-            raise ValueError(
+            refused = (
                 "Prefect's event persister is on: with this broker `persister run` persists "
                 "the events; set PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED=false"
             )
-        self.settings = settings or MessagingSettings()
+            # Logged too: Prefect keeps a failed service's error until it stops.
+            log.error(refused)
+            raise ValueError(refused)
+        self.settings = settings or messaging_settings()
         self.topic = topic
         self.kafka_topic = self.settings.kafka_topic(topic)
         self.name = name or topic
         self.group = group
         self.since_ms = since_ms
-        self.batch = read_batch_size or DEFAULT_BATCH
+        # Prefect asks for 1 at a time; what a poll returns is handled in
+        # order and committed once, so a larger batch only saves commits.
+        self.batch = max(read_batch_size or 1, DEFAULT_BATCH)
         self._kafka: AIOKafkaConsumer | None = None
 
     async def run(self, handler: MessageHandler) -> None:
+        """Consume until StopConsumer or cancellation. Kafka out of reach
+        (at start, or later) is waited out, never the end of the service."""
+        attempt = 0
+        while True:
+            try:
+                kafka = await self._open()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("%s: cannot consume %s yet: %r", self.name, self.kafka_topic, exc)
+                await self._pause(attempt)
+                continue
+            if attempt:
+                log.warning("%s: consuming %s again", self.name, self.kafka_topic)
+            self._kafka = kafka
+            try:
+                await self._consume(kafka, handler)
+                return
+            finally:
+                self._kafka = None
+                await kafka.stop()
+
+    async def _open(self) -> AIOKafkaConsumer:
         await clients.ensure_topic(self.settings, self.kafka_topic)
         kafka = AIOKafkaConsumer(
             self.kafka_topic,
@@ -69,18 +101,17 @@ class Consumer(PrefectConsumer):
             group_id=self.group,
             client_id=self.name,
             enable_auto_commit=False,
-            # A new group reads what was published before it first joined.
-            auto_offset_reset="earliest" if self.group else "latest",
+            auto_offset_reset=self.settings.prefect_new_group_offset if self.group else "latest",
+            max_partition_fetch_bytes=clients.MAX_MESSAGE_BYTES,
         )
-        await kafka.start()
-        self._kafka = kafka
         try:
+            await kafka.start()
             if self.group is None and self.since_ms is not None:
                 await self._seek_to_subscription(kafka, self.since_ms)
-            await self._consume(kafka, handler)
-        finally:
-            self._kafka = None
+        except BaseException:
             await kafka.stop()
+            raise
+        return kafka
 
     async def cleanup(self) -> None:
         kafka, self._kafka = self._kafka, None
@@ -95,7 +126,7 @@ class Consumer(PrefectConsumer):
             except KafkaError as exc:
                 failing += 1
                 log.warning("%s: reading %s failed: %s", self.name, self.kafka_topic, exc)
-                await asyncio.sleep(backoff_s(failing, self.settings.prefect_retry_base_s, 5.0))
+                await self._pause(failing)
                 continue
             failing = 0
             done: dict[TopicPartition, int] = {}
@@ -145,8 +176,7 @@ class Consumer(PrefectConsumer):
                     self.settings.prefect_max_retries + 1,
                     exc,
                 )
-                base_s = self.settings.prefect_retry_base_s
-                await asyncio.sleep(backoff_s(attempt, base_s, RETRY_CAP_S))
+                await self._pause(attempt)
 
     async def _dead_letter(self, message: KafkaMessage, exc: Exception) -> None:
         where = f"{self.kafka_topic}[{message.partition}]@{message.offset}"
@@ -162,9 +192,21 @@ class Consumer(PrefectConsumer):
             ("source-offset", str(message.offset).encode()),
             ("error", repr(exc).encode()[:ERROR_HEADER_BYTES]),
         ]
-        await clients.ensure_topic(self.settings, topic)
-        producer = await clients.producer(self.settings)
-        await producer.send_and_wait(topic, value=message.data, key=message.key, headers=headers)
+        attempt = 0
+        while True:
+            try:
+                await clients.ensure_topic(self.settings, topic)
+                producer = await clients.producer(self.settings)
+                await producer.send_and_wait(
+                    topic, value=message.data, key=message.key, headers=headers
+                )
+                break
+            except (KafkaError, OSError) as failed:
+                # The partition waits: moving on would lose the message.
+                attempt += 1
+                if attempt == 1:
+                    log.warning("%s: cannot write the dead letter yet: %r", self.name, failed)
+                await self._pause(attempt)
         log.error("%s: %s is a dead letter in %s: %r", self.name, where, topic, exc)
 
     async def _commit(self, kafka: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
@@ -177,6 +219,10 @@ class Consumer(PrefectConsumer):
             # records again (at least once).
             log.warning("%s: commit failed, the records will be read again: %r", self.name, exc)
 
+    async def _pause(self, attempt: int) -> None:
+        """The one backoff of every retry here: a handler, Kafka, a dead letter."""
+        await asyncio.sleep(backoff_s(attempt, self.settings.prefect_retry_base_s, RETRY_CAP_S))
+
     async def _seek_to_subscription(self, kafka: AIOKafkaConsumer, since_ms: int) -> None:
         """Start where the subscription began, not where the consumer did:
         what was published in between is delivered."""
@@ -185,9 +231,9 @@ class Consumer(PrefectConsumer):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no partitions of {self.kafka_topic} in {ASSIGN_TIMEOUT_S} s")
             await asyncio.sleep(0.05)
-        found = await kafka.offsets_for_times({tp: since_ms for tp in kafka.assignment()})
-        for tp, at in found.items():
-            if at is None:
-                await kafka.seek_to_end(tp)
-            else:
-                kafka.seek(tp, at.offset)
+        parts = sorted(kafka.assignment())
+        found = await kafka.offsets_for_times({tp: since_ms for tp in parts})
+        ends = await kafka.end_offsets(parts)
+        for tp in parts:
+            at = found.get(tp)
+            kafka.seek(tp, at.offset if at is not None else ends[tp])

@@ -14,8 +14,9 @@ from prefect.server.utilities.messaging import Cache, create_cache
 from prefect.server.utilities.messaging import Publisher as PrefectPublisher
 
 from worker.prefect_messaging import clients
+from worker.prefect_messaging.cache import Cache as SharedCache
 from worker.prefect_messaging.messages import KafkaMessage, record_fields
-from worker.prefect_messaging.settings import MessagingSettings
+from worker.prefect_messaging.settings import MessagingSettings, messaging_settings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,11 @@ CONFIRM_EVERY = 1000
 class Publisher(PrefectPublisher):
     """Sends without waiting for each acknowledgement and waits for all of them
     when the block ends, so a request's events travel in one batch and the
-    request fails if any was not written."""
+    request fails if any was not written.
+
+    With this package's cache, a message counts as seen only once Kafka has
+    it: a publisher that failed or died before that leaves nothing behind
+    that would make a retry of the same event look like a duplicate."""
 
     def __init__(
         self,
@@ -36,7 +41,7 @@ class Publisher(PrefectPublisher):
         deduplicate_by: str | None = None,
         settings: MessagingSettings | None = None,
     ) -> None:
-        self.settings = settings or MessagingSettings()
+        self.settings = settings or messaging_settings()
         self.topic = topic
         self.kafka_topic = self.settings.kafka_topic(topic)
         self.cache = cache or create_cache()
@@ -81,8 +86,11 @@ class Publisher(PrefectPublisher):
         if not sent:
             return
         results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
-        outcomes = zip(sent, results, strict=True)
+        outcomes = list(zip(sent, results, strict=True))
         failed = [m for (m, _), r in outcomes if isinstance(r, BaseException)]
+        if self.deduplicate_by and isinstance(self.cache, SharedCache):
+            written = [m for (m, _), r in outcomes if not isinstance(r, BaseException)]
+            await self.cache.remember(self.deduplicate_by, written)
         if failed:
             await self._forget(failed)
             first = next(r for r in results if isinstance(r, BaseException))

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("seen", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name="pk_persister_seen_messages"),
     )
+    op.create_index("ix_persister_seen_messages__seen", "persister_seen_messages", ["seen"])
 
 
 def downgrade() -> None:

@@ -52,7 +52,7 @@ INDEXES = {
     "persister_dead_letters": {"ix_persister_dead_letters__group_id_topic_partition_offset"},
     "persister_leader_leases": set(),
     "persister_partition_controls": set(),
-    "persister_seen_messages": set(),
+    "persister_seen_messages": {"ix_persister_seen_messages__seen"},
 }
 
 PRIMARY_KEYS = {
