@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from unittest import mock
 
 from worker.prefect_messaging.cache import Cache
 from worker.prefect_messaging.consumer import Consumer
@@ -41,6 +40,8 @@ async def ephemeral_subscription(topic: str) -> AsyncIterator[dict[str, Any]]:
 @asynccontextmanager
 async def break_topic() -> AsyncIterator[None]:
     """For Prefect's tests: publishing raises ValueError("oops")."""
+    from unittest import mock  # only Prefect's tests need it
+
     failing = mock.AsyncMock(side_effect=ValueError("oops"))
     with mock.patch("aiokafka.AIOKafkaProducer.send", failing):
         yield
