@@ -154,6 +154,7 @@ async def test_prefect_first_then_the_worker_then_prefect_again(
             "persister_dead_letters",
             "persister_leader_leases",
             "persister_partition_controls",
+            "persister_seen_messages",
         }
         async with workers(stack_info, url, topic, tmp_path) as pool:
             await asyncio.to_thread(pool.start)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +43,8 @@ from worker.pipeline.persister import Persister
 ROOT = Path(__file__).parents[2]
 SIDE = ROOT / "tests" / "prefect_side"
 PREFECT_PYTHON = Path(os.environ.get("PREFECT_VENV", ROOT / ".venv-prefect")) / "bin" / "python"
-PINNED = (SIDE / "requirements.txt").read_text().strip().removeprefix("prefect==")
+# The Prefect version the venv pins (its other line is the broker's aiokafka).
+[PINNED] = re.findall(r"^prefect==(\S+)$", (SIDE / "requirements.txt").read_text(), re.MULTILINE)
 
 N = 40
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
