@@ -63,15 +63,15 @@ def post(server: PrefectServer, events: list[dict[str, Any]]) -> None:
     assert status == 204, body
 
 
-async def stored_once(url: str, ids: list[str]) -> tuple[int, int]:
-    """(rows, distinct ids) of `ids` in the events table."""
+async def stored_once(url: str, ids: list[str] | None = None) -> tuple[int, int]:
+    """(rows, distinct ids) in the events table: of `ids`, or of every event."""
+    sql = "SELECT count(*), count(DISTINCT id) FROM events"
+    if ids is not None:
+        sql += " WHERE id = ANY(:ids)"
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            found = await conn.execute(
-                text("SELECT count(*), count(DISTINCT id) FROM events WHERE id = ANY(:ids)"),
-                {"ids": [uuid.UUID(i) for i in ids]},
-            )
+            found = await conn.execute(text(sql), {"ids": [uuid.UUID(i) for i in ids or []]})
             rows, distinct = found.one()
     finally:
         await engine.dispose()
@@ -216,14 +216,7 @@ async def test_a_flow_run_s_events_travel_through_kafka_and_are_stored_once(
         return await all_read(deployment.info, ("event-persister",), deployment.topic)
 
     await wait_until(caught_up, SETTLE_S, "the worker to read the topic", every_s=0.5)
-    engine = create_engine(deployment.url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            rows, distinct = (
-                await conn.execute(text("SELECT count(*), count(DISTINCT id) FROM events"))
-            ).one()
-    finally:
-        await engine.dispose()
+    rows, distinct = await stored_once(deployment.url)
     records = sum((await end_offsets(deployment.info, deployment.topic, PARTITIONS)).values())
     assert rows == distinct == records
 
@@ -320,12 +313,7 @@ async def test_two_api_processes_publish_an_event_sent_to_both_once(
 
     await wait_until(all_stored, SETTLE_S, "the 90 events", every_s=0.5)
     records = sum((await end_offsets(deployment.info, deployment.topic, PARTITIONS)).values())
-    engine = create_engine(deployment.url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(text("SELECT count(*) FROM events"))).scalar_one()
-    finally:
-        await engine.dispose()
+    rows, _ = await stored_once(deployment.url)
     assert rows == records
 
 
