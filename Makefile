@@ -68,8 +68,12 @@ integration-test: install prefect-venv ## Tests against a real Kafka broker and 
 	$(BIN)/pytest -m integration
 
 .PHONY: test
-test: lint prefect-venv ## Lint, unit and integration tests (all but the longest cluster tests)
-	$(BIN)/pytest -m "not cluster"
+test: lint prefect-venv ## Lint, unit and integration tests (all but the cluster and silent-network tests)
+	$(BIN)/pytest -m "not cluster and not faults"
+
+.PHONY: test-faults
+test-faults: install ## A network to PostgreSQL or Kafka gone silent mid-run (about 5 minutes)
+	$(BIN)/pytest -m faults
 
 .PHONY: test-cluster
 test-cluster: install ## The longest tests on a three-broker cluster: rolling restart, scaling, churn

@@ -38,6 +38,8 @@ Each key and index exists for a named query:
   id or id prefix in any role (the related-resource lookup).
 - ``ix_persister_dead_letters__group_id_topic_partition_offset`` (unique): finding a dead
   letter by where it came from, and writing each one once.
+- ``ix_persister_dead_letters__unpublished`` (partial: the rows not yet on the
+  dead-letter topic): the sender's reads of a partition's outbox, by offset.
 """
 
 from __future__ import annotations
@@ -197,6 +199,17 @@ dead_letters = Table(
     Column("resolved", Timestamp, nullable=True),
     # One dead letter per message, also when a replay reads it again.
     Index(None, "group_id", "topic", "partition", "offset", unique=True),
+)
+# The outbox the dead-letter sender reads, a page at a time by offset: only
+# the rows not yet published, so it stays as small as the backlog.
+Index(
+    "ix_persister_dead_letters__unpublished",
+    dead_letters.c.group_id,
+    dead_letters.c.topic,
+    dead_letters.c.partition,
+    dead_letters.c.offset,
+    postgresql_where=dead_letters.c.published.is_(None),
+    sqlite_where=dead_letters.c.published.is_(None),
 )
 
 # One row per singleton task (the retention trimmer): the replica holding it,

@@ -17,7 +17,7 @@ from schemas.migrate import upgrade, upgrade_async
 from schemas.tables import metadata
 from worker.core.settings import Settings
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 from worker.services.time_partitions import ensure_for
 
 

@@ -38,7 +38,7 @@ from tests.integration.test_prefect_readback import ALL_TIME, BASE, N, prefect_s
 from tests.integration.workers import WorkerPool, run_command, worker_env
 from worker.devtools.prefect_server import PREFECT_BIN, PrefectServer, database_upgrade, prefect_env
 from worker.devtools.stack import StackInfo
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 ROUTES = ("/flows/filter", "/flow_runs/filter", "/deployments/filter", "/work_pools/filter")
 WAITING = "database not usable yet"

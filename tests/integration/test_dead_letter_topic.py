@@ -271,7 +271,7 @@ async def test_one_that_fits_not_even_reduced_is_reported_and_holds_back_none(
         assert await unpublished(engine) == 1
         assert persister.dead_letters.published == 2
         assert condition_gauge() == 1
-        problems = await readiness_problems(engine, expect_persister=True)
+        problems = readiness_problems(expect_persister=True)
         unfit = [p for p in problems if p.startswith(f"{topic}[0]: the dead letter of offset 2")]
         assert len(unfit) == 1, problems
         assert f"does not fit {topic}.dlq even reduced" in unfit[0]
@@ -287,9 +287,7 @@ async def test_one_that_fits_not_even_reduced_is_reported_and_holds_back_none(
             return condition_gauge() == 0
 
         await wait_until(cleared, 10, "the condition to end")
-        assert not [
-            p for p in await readiness_problems(engine, True) if p.startswith(f"{topic}[0]")
-        ]
+        assert not [p for p in readiness_problems(True) if p.startswith(f"{topic}[0]")]
     assert persister.dead_letters.published == 3
     on_topic = await dead_letter_records(stack_info, topic)
     assert {offset: len(records) for offset, records in on_topic.items()} == {1: 1, 2: 1, 3: 1}
@@ -322,7 +320,7 @@ async def test_a_topic_that_cannot_be_created_is_reported_once_and_events_flow(
         await wait_until(retried, 30, "two attempts at the dead letter")
         assert await counts(engine) == (2, 4, 1)
         assert await unpublished(engine) == 1
-        problems = await readiness_problems(engine, expect_persister=True)
+        problems = readiness_problems(expect_persister=True)
         assert [p for p in problems if p.startswith(f"{topic}[0]")] == [
             condition_lines(caplog, topic)[0][1]
         ]

@@ -38,9 +38,9 @@ from tests.integration.support import (
 from tests.integration.workers import READY_MARKER, WorkerPool, worker_env
 from worker.devtools.loadgen import INVALID_MESSAGES, messages
 from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.connections import create_engine
 from worker.pipeline.dead_letter_records import origin
 from worker.pipeline.persister import Persister
-from worker.pipeline.storage import create_engine
 
 Position = tuple[int, int]  # (partition, offset)
 

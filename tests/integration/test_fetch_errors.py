@@ -132,14 +132,14 @@ async def test_an_unreadable_batch_stops_its_partition_loudly_and_others_flow(
             await wait_until(retried_a_few_times, 30, "the partition to be retried")
             assert await stored_offsets(engine, settings.group_id, topic) == {0: 50, 1: 100}
             stopped = said_once(caplog, f"{topic}[0]: cannot read the records at offset 50")
-            problems = await readiness_problems(engine, expect_persister=True)
+            problems = readiness_problems(expect_persister=True)
             assert [p for p in problems if f"{topic}[0]" in p] == [stopped]
             assert sample("persister_conditions", {"kind": "fetch"}) == 1
 
             fix()  # the batch can be read again (a new leader, a library installed)
             await wait_persisted(engine, settings.group_id, topic, ends)
             said_once(caplog, f"{topic}[0]: reading again at offset 50", "INFO")
-            problems = await readiness_problems(engine, expect_persister=True)
+            problems = readiness_problems(expect_persister=True)
             assert not [p for p in problems if topic in p]
             assert sample("persister_conditions", {"kind": "fetch"}) == 0
     assert await count(engine, events) == 203

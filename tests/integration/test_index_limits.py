@@ -30,8 +30,8 @@ from tests.integration.support import (
 )
 from worker.devtools.loadgen import encode, make_event
 from worker.devtools.stack import StackInfo
+from worker.pipeline.connections import create_engine
 from worker.pipeline.persister import Persister
-from worker.pipeline.storage import create_engine
 
 ALPHABET = string.ascii_letters + string.digits
 

@@ -7,21 +7,28 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import orjson
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.tables import event_resources
+from schemas.tables import events as events_table
 from tests.integration.support import counts, settings_for, unique
 from tests.records import msgs
 from worker.core.errors import ErrorKind, classify
+from worker.core.settings import Limits
 from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.batching import Record
+from worker.pipeline.decoding import to_rows
+from worker.pipeline.storage import write_batch
 from worker.pipeline.writer import BatchWriter
 
 
@@ -132,3 +139,67 @@ async def test_a_connection_broken_mid_copy_is_retried_on_a_new_one(
     written = await writer.write(("copy", 0), None, batch(events, 0))
     assert (written.events, written.resources) == (1, 1)
     assert await counts(engine) == (1, 1, 0)
+
+
+async def stored_after(engine: AsyncEngine, batches: list[list[dict[str, Any]]], copy: bool) -> Any:
+    """Empty the tables, write `batches` one after the other as one
+    partition's, and return the stored (events, resource rows)."""
+    async with engine.begin() as conn:
+        for table in ("event_resources", "events", "persister_consumer_offsets"):
+            await conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+    stored = None
+    for events in batches:
+        first = stored or 0
+        rows = to_rows(batch(events, first), Limits(), 10**6)
+        await write_batch(engine, "g", ("copy", 0), stored, first + len(events), rows, copy=copy)
+        stored = first + len(events)
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(events_table.c.id, events_table.c.occurred, events_table.c.event)
+        )
+        r = event_resources.c
+        resources = await conn.execute(
+            select(r.event_id, r.occurred, r.resource_role, r.resource_id)
+        )
+        return (
+            sorted((i, utc(o), name) for i, o, name in found),
+            sorted((i, utc(o), role, rid) for i, o, role, rid in resources),
+        )
+
+
+def utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "insert"])
+async def test_one_id_at_two_times_in_one_batch_is_stored_as_in_two_batches(
+    any_engine: AsyncEngine, copy: bool
+) -> None:
+    """The key is (id, occurred): an event with the id of an earlier one but
+    another `occurred` is a row of its own in the same batch too; one with
+    the same id and `occurred` adds nothing, whatever else it says."""
+    at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    first = make_event(random.Random(9), related=1, occurred=at)
+    moved = {**first, "occurred": (at + timedelta(hours=1)).isoformat(), "event": "moved"}
+    moved["related"] = [{"prefect.resource.id": "r2", "prefect.resource.role": "tag"}]
+    again = {**first, "event": "again", "related": []}
+    values = [first, moved, again]
+    one = await stored_after(any_engine, [values], copy)
+    two = await stored_after(any_engine, [values[:1], values[1:]], copy)
+    ident, primary = UUID(first["id"]), first["resource"]["prefect.resource.id"]
+    later = at + timedelta(hours=1)
+    assert (
+        one
+        == two
+        == (
+            sorted([(ident, at, first["event"]), (ident, later, "moved")]),
+            sorted(
+                [
+                    (ident, at, "", primary),
+                    (ident, at, "flow", first["related"][0]["prefect.resource.id"]),
+                    (ident, later, "", primary),
+                    (ident, later, "tag", "r2"),
+                ]
+            ),
+        )
+    )

@@ -38,8 +38,8 @@ from tests.integration.support import (
 from tests.integration.workers import run_command
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import StackInfo
+from worker.pipeline.connections import create_engine
 from worker.pipeline.persister import Persister
-from worker.pipeline.storage import create_engine
 
 
 async def downgrade(url: str, revision: str) -> None:

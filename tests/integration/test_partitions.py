@@ -25,7 +25,7 @@ from worker.core.leader import acquire, release
 from worker.core.settings import Limits
 from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
-from worker.pipeline.decoding import to_rows
+from worker.pipeline.decoding import event_key, to_rows
 from worker.pipeline.inserts import insert_events_and_resources
 from worker.services import time_partitions
 from worker.services.retention import trim
@@ -55,7 +55,7 @@ def day_name(table: str, moment: datetime) -> str:
 
 async def write(engine: AsyncEngine, batch: list[dict[str, Any]]) -> tuple[int, int]:
     rows = to_rows(msgs([orjson.dumps(e) for e in batch]), Limits(), 10**6)
-    resources = [r for e in rows.events for r in rows.resources[e["id"]]]
+    resources = [r for e in rows.events for r in rows.resources[event_key(e)]]
     async with engine.begin() as conn:
         return await insert_events_and_resources(conn, rows.events, resources)
 
@@ -108,7 +108,7 @@ async def test_a_partition_created_while_a_batch_is_written_waits_for_it(
         creating = asyncio.create_task(ensure(engine, day, day + DAY, DAY))
         await wait_until(lambda: _waiting_on(engine, "events"), 10, "DDL waiting for events")
         rows = to_rows(msgs([orjson.dumps(e) for e in events_at(NOW)]), Limits(), 10**6)
-        resources = [r for e in rows.events for r in rows.resources[e["id"]]]
+        resources = [r for e in rows.events for r in rows.resources[event_key(e)]]
         # Then `event_resources`: free, so the batch goes through.
         assert await insert_events_and_resources(writer, rows.events, resources) == (
             1,

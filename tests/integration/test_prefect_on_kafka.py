@@ -26,7 +26,7 @@ from tests.integration.test_prefect_messaging import broker_env
 from tests.integration.workers import WorkerPool, run_command, worker_env
 from worker.devtools.prefect_server import PrefectServer, run_flow
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from worker.core.leader import acquire, current, holds, release
 from worker.core.settings import Limits
 from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
-from worker.pipeline.decoding import to_rows
+from worker.pipeline.decoding import event_key, to_rows
 from worker.pipeline.inserts import insert_events_and_resources
 from worker.pipeline.storage import batch_delete
 from worker.services.retention import trim
@@ -38,7 +38,7 @@ async def store(engine: AsyncEngine, age: timedelta, n: int, name: str | None = 
     async with engine.begin() as conn:
         for start in range(0, n, 5_000):
             chunk = rows.events[start : start + 5_000]
-            resources = [r for e in chunk for r in rows.resources[e["id"]]]
+            resources = [r for e in chunk for r in rows.resources[event_key(e)]]
             written += (await insert_events_and_resources(conn, chunk, resources))[1]
     return written
 

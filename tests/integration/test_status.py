@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -13,18 +14,25 @@ import time
 from pathlib import Path
 
 import orjson
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.support import (
     create_topic,
     end_offsets,
     send,
+    settings_for,
     unique,
     wait_persisted,
 )
 from tests.integration.workers import WorkerPool, run_command, worker_env
+from worker.core import metrics
+from worker.core.kafka_admin import KafkaView
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import LocalStack, StackInfo
+from worker.pipeline.storage import advance_offset
+from worker.services.group_lag import publish
 
 
 def status(info: StackInfo, *args: str, topics: str = "events") -> tuple[int, str, str]:
@@ -153,3 +161,45 @@ def test_watch_goes_on_through_a_database_restart(
         code = proc.wait(30)
         os.close(controller)
     assert code == 0
+
+
+async def test_with_a_topic_pattern_status_and_the_lag_gauge_show_every_matching_topic(
+    stack_info: StackInfo, engine: AsyncEngine
+) -> None:
+    """The topics the pattern matches, as the workers consume them: also one
+    the group has stored nothing for yet, and not the default topic list."""
+    prefix = unique("pattern")
+    first, second = f"{prefix}-a", f"{prefix}-b"
+    group = f"group-{prefix}"
+    await create_topic(stack_info, first, 2)
+    await create_topic(stack_info, second, 1)
+    await send(stack_info, first, messages(5, seed=1), partition=0)
+    await send(stack_info, first, messages(3, seed=2), partition=1)
+    await send(stack_info, second, messages(4, seed=3), partition=0)
+    async with engine.begin() as conn:
+        await advance_offset(conn, group, (first, 0), None, 2)
+    pattern = f"{re.escape(prefix)}-.*"
+    env = {"PERSISTER_TOPIC_PATTERN": pattern, "COLUMNS": "80"}
+
+    code, out, err = await asyncio.to_thread(
+        run_command, stack_info, "status", "--group", group, "--json", env=env
+    )
+    assert (code, err) == (0, "")
+    document = orjson.loads(out)
+    assert [
+        (p["topic"], p["partition"], p["stored"], p["end"], p["lag"])
+        for p in document["partitions"]
+    ] == [(first, 0, 2, 5, 3), (first, 1, None, 3, 3), (second, 0, None, 4, 4)]
+    assert (document["lag"], document["missing_topics"]) == (10, [])
+
+    settings = settings_for(stack_info, first, topic_pattern=pattern, group_id=group)
+    async with KafkaView.open(settings) as view:
+        assert await publish(view, engine, settings, "retention") == 3
+    text = generate_latest(metrics.registry).decode()
+    gauge = {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "persister_group_lag_records" and s.labels["topic"].startswith(prefix)
+    }
+    assert gauge == {(first, "0"): 3.0, (first, "1"): 3.0, (second, "0"): 4.0}

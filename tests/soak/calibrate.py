@@ -12,7 +12,7 @@ from tests.integration.workers import WorkerPool, worker_env
 from worker.core.kafka_admin import create_topic
 from worker.devtools.loadgen import messages, produce
 from worker.devtools.stack import StackInfo
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 EVENTS = 60_000
 PARTITIONS = 6

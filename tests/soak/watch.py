@@ -16,7 +16,7 @@ from tests.integration.support import stored_offsets
 from tests.integration.workers import WorkerPool
 from tests.soak import probes
 from worker.devtools.stack import LocalStack
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 CONNECTIONS = text(
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

@@ -37,7 +37,7 @@ from worker.core.setting_names import (
     unknown_variables,
 )
 from worker.core.settings import Settings
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 __all__ = [
     "EXIT_BAD_SETTINGS",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from worker.core import database_url
+from worker.core.errors import OperatorNeeded
 from worker.pipeline.event_tables import Unwritable
 from worker.services.framework import CannotStart
 
@@ -91,6 +93,10 @@ def kafka_line(exc: KafkaError, servers: str) -> str:
 
 def database_line(exc: BaseException, where: str) -> str:
     cause = exc.__cause__ or exc
+    several = database_url.tried(where)
+    where = database_url.shown(where)
+    if several and (isinstance(cause, OSError | TimeoutError) or _no_host_matched(cause)):
+        return _no_host_line(cause, where, several)
     if isinstance(cause, DBAPIError) and cause.orig is not None:
         text = _first_line(cause.orig)
         # "(sqlalchemy.dialects.postgresql.asyncpg.Error) <the server's words>"
@@ -106,6 +112,26 @@ def database_line(exc: BaseException, where: str) -> str:
     return f"database {where} failed: {type(cause).__name__}: {_first_line(cause)}"
 
 
+def _no_host_matched(cause: BaseException) -> bool:
+    """asyncpg's TargetServerAttributeNotMatched, as SQLAlchemy wraps it."""
+    orig = getattr(cause, "orig", None)
+    return "None of the hosts match the target attribute" in str(orig or cause)
+
+
+def _no_host_line(cause: BaseException, where: str, hosts: list[str]) -> str:
+    """The driver tried each host in turn, and raised the last one's error:
+    name them all."""
+    tried = ", ".join(hosts)
+    if isinstance(cause, OSError | TimeoutError):
+        why = f"the last error: {type(cause).__name__}: {_first_line(cause)}"
+    else:
+        why = "each answered, none as target_session_attrs asks (a standby?)"
+    return (
+        f"database {where}: no host could be used (tried {tried} in turn; {why}); "
+        "check DATABASE_URL and that its primary runs"
+    )
+
+
 def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
     """The one line and exit code for `exc`."""
     if isinstance(exc, Failure):
@@ -114,6 +140,8 @@ def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
         return Failure(EXIT_REFUSED, str(exc))
     if isinstance(exc, CannotStart):
         return Failure(EXIT_BAD_SETTINGS, str(exc))
+    if isinstance(exc, OperatorNeeded):
+        return Failure(EXIT_UNAVAILABLE, str(exc))
     if isinstance(exc, KafkaError):
         return Failure(EXIT_UNAVAILABLE, kafka_line(exc, kafka_servers))
     if isinstance(exc, DatabaseFailure | SQLAlchemyError):

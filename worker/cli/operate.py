@@ -27,7 +27,7 @@ from worker.cli.common import (
 from worker.core.kafka_admin import KafkaView
 from worker.core.settings import parse_duration
 from worker.operate.replay import Move, ReplayRefused, Target, apply, followed, plan
-from worker.operate.status import Status, gather
+from worker.operate.status import Status, consumed_topics, gather
 from worker.operate.status_view import status_json, status_table
 from worker.pipeline.database_wait import ping
 from worker.services.framework import RetentionTrimmer
@@ -145,7 +145,7 @@ def status(
 
     async def gather_with(engine: AsyncEngine) -> Status:
         async with KafkaView.open(settings) as view:
-            topics = list(settings.topics)
+            topics = await consumed_topics(view, settings)
             return await gather(view, engine, name, topics, RetentionTrimmer.lease_name)
 
     def once() -> Status:

@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -27,11 +28,13 @@ from worker.cli.common import (
     setup,
     with_engine,
 )
-from worker.cli.failures import EXIT_REFUSED, DatabaseFailure, Failure
+from worker.cli.failures import EXIT_REFUSED, EXIT_UNAVAILABLE, DatabaseFailure, Failure
 from worker.core.client_logs import collapse_client_logs, sweep_forever
 from worker.core.codecs import CodecError, check_codecs
 from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
+from worker.pipeline.partitions import names
+from worker.pipeline.persister import FlushAbandoned
 from worker.services import time_partitions
 from worker.services.framework import Service
 from worker.services.retention import trim
@@ -59,14 +62,40 @@ def _drain() -> None:
 async def _services_until_signalled(settings: Settings) -> None:
     task = asyncio.create_task(Service.run_services(settings))
     loop = asyncio.get_running_loop()
+    grace_s = settings.shutdown_grace_s
+
+    def stop() -> None:
+        if not task.cancelling():
+            # The services keep within the grace; this is the promise kept
+            # if something in them does not.
+            loop.call_later(grace_s, _give_up, grace_s)
+        task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     # Drain: leave the group (flushing and committing first), stay up.
     loop.add_signal_handler(signal.SIGUSR1, _drain)
     try:
         await task
     except asyncio.CancelledError:
         logging.getLogger(__name__).info("stopped by signal")
+    except FlushAbandoned as exc:
+        raise Failure(
+            EXIT_UNAVAILABLE,
+            f"stopped by signal; the last flush of {names(exc.args[0])} was abandoned "
+            f"within PERSISTER_SHUTDOWN_GRACE_S={grace_s:g}: nothing of it was committed, "
+            "the next owner rewrites it",
+        ) from None
+
+
+def _give_up(grace_s: float) -> None:
+    logging.getLogger(__name__).error(
+        "still stopping after PERSISTER_SHUTDOWN_GRACE_S=%g; exiting now: what was not "
+        "flushed is abandoned, nothing of it was committed, the next owner rewrites it",
+        grace_s,
+    )
+    logging.shutdown()
+    os._exit(EXIT_UNAVAILABLE)
 
 
 @app.command()
@@ -164,15 +193,53 @@ Brokers = Annotated[
 ]
 
 
+Proxy = Annotated[
+    bool,
+    typer.Option(
+        "--proxy", help="Reach Kafka and PostgreSQL through proxies that `stack net` controls."
+    ),
+]
+
+
 @stack_app.command("up")
-def stack_up(state_dir: StateDir = None, brokers: Brokers = 1) -> None:
+def stack_up(state_dir: StateDir = None, brokers: Brokers = 1, proxy: Proxy = False) -> None:
     """Start Kafka and PostgreSQL on free loopback ports; print what to export."""
     with development_tool("stack up"):
         from worker.devtools import stack
 
     where = state_dir or stack.default_state_dir()
-    info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers)
+    info = stack.stack_up(where, os.environ.get("DATABASE_URL"), brokers, proxy=proxy)
     typer.echo(info.exports(), nl=False)
+
+
+class NetAction(StrEnum):
+    freeze = "freeze"
+    heal = "heal"
+    reset = "reset"
+
+
+class NetService(StrEnum):
+    kafka = "kafka"
+    postgres = "postgres"
+
+
+@stack_app.command("net")
+def stack_net(
+    action: Annotated[NetAction, typer.Argument(help="freeze (silent), heal or reset (RST).")],
+    service: Annotated[NetService, typer.Argument(help="Whose network.")],
+    state_dir: StateDir = None,
+) -> None:
+    """Make the network to Kafka or PostgreSQL silent (freeze: connections
+    stay open, nothing passes), bring it back (heal), or reset every
+    connection (reset), on a stack started with --proxy."""
+    with development_tool(f"stack net {action} {service}"):
+        from worker.devtools import stack
+
+    try:
+        state = stack.stack_net(state_dir or stack.default_state_dir(), action, service)
+    except stack.StackError as exc:
+        raise Failure(EXIT_REFUSED, str(exc)) from None
+    typer.echo(f"{service}: {state}")
 
 
 @stack_app.command("down")

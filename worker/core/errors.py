@@ -26,6 +26,14 @@ from __future__ import annotations
 
 from enum import Enum
 
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
 from sqlalchemy.exc import DBAPIError, StatementError
 
 # SQLSTATE classes (first two characters) and codes.
@@ -33,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 # failure and deadlock, 53 disk full / out of memory / too many connections,
 # 57 admin shutdown / cannot connect now, 58 I/O error, XX internal error or
 # corruption, and the unexpected ones (42 undefined table before `migrate`:
-# retry until someone migrates).
+# retried, but see `needs_operator`).
 DATA_CLASSES = {
     "22",  # data exception: invalid text, value too long, \u0000 in JSON text, ...
     "23",  # integrity constraint violation: a NOT NULL or CHECK a row breaks
@@ -53,6 +61,32 @@ DATA_CODES = {
 # Retried: 54011 too_many_columns and 54023 too_many_arguments concern the
 # statement or the schema, never one row.
 MAX_CHAIN = 10
+
+# Failures no retry mends: until a person changes a setting, a grant or the
+# schema, every attempt fails the same way. They are still never data errors.
+OPERATOR_SQLSTATES = {
+    "28P01",  # invalid_password
+    "28000",  # invalid_authorization_specification: no such role, not allowed to log in
+    "42501",  # insufficient_privilege
+    "42P01",  # undefined_table: not migrated
+    "3D000",  # invalid_catalog_name: the database does not exist
+}
+# aiokafka raises the first two from a connection's login (the client's
+# bootstrap logs them and raises a KafkaConnectionError instead; see
+# `worker.pipeline.persister`), the others in a broker's answer.
+OPERATOR_KAFKA_ERRORS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+class OperatorNeeded(Exception):
+    """What only a person can fix, found before the work starts; the message
+    is the one line that says what and how (the command exits 4)."""
 
 
 class ErrorKind(Enum):
@@ -92,6 +126,15 @@ def classify(exc: BaseException) -> ErrorKind:
     # connection, a timeout) and unexpected classes (a missing table before
     # `migrate`), is retried.
     return ErrorKind.TRANSIENT
+
+
+def needs_operator(exc: BaseException) -> bool:
+    """Whether retrying `exc` cannot help until a person acts: a refused
+    login, a missing privilege, table or database (SQLSTATE), or Kafka
+    refusing the login or access to a topic, group or the cluster."""
+    if sqlstate(exc) in OPERATOR_SQLSTATES:
+        return True
+    return any(isinstance(e, (*OPERATOR_KAFKA_ERRORS, OperatorNeeded)) for e in _chain(exc))
 
 
 def describe(exc: BaseException) -> tuple[str, str]:

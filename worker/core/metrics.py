@@ -98,6 +98,13 @@ lag = Gauge(
     ["topic", "partition"],
     registry=registry,
 )
+oldest_unfinished_write = Gauge(
+    "persister_oldest_unfinished_write_seconds",
+    "Age of the oldest write of an assigned partition that has begun and not yet "
+    "committed, failed attempts and their backoff included (0: none)",
+    ["topic", "partition"],
+    registry=registry,
+)
 group_lag = Gauge(
     "persister_group_lag_records",
     "Log end offset minus the stored offset, per partition of the group, owned or not; "
@@ -117,6 +124,11 @@ trimmed_rows = Counter(
     "persister_trimmed_rows", "Rows deleted by retention, by table", ["table"], registry=registry
 )
 trim_seconds = Gauge("persister_trim_seconds", "Duration of the last trim", registry=registry)
+trim_lock_timeouts = Counter(
+    "persister_trim_lock_timeouts",
+    "Expired partitions a trim skipped because their lock was not obtained in time",
+    registry=registry,
+)
 trim_last_success = Gauge(
     "persister_trim_last_success_timestamp_seconds",
     "When the last trim finished",
@@ -203,6 +215,8 @@ class Readiness:
     # Conditions that make this replica unready while they last (see
     # `worker.core.conditions`), by key: the reason `/readyz` shows.
     conditions: dict[str, str] = field(default_factory=dict)
+    # The metrics server's last database probe: why it failed, or None.
+    database_problem: str | None = None
 
     def stuck_for(self) -> float:
         return 0.0 if self.stuck_since is None else time.monotonic() - self.stuck_since

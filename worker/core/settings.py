@@ -20,7 +20,6 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from schemas.limits import (
     DEFAULT_MAX_RESOURCE_ID_BYTES,
@@ -28,6 +27,8 @@ from schemas.limits import (
     MAX_RESOURCE_ID_BYTES_CAP,
     utf8_length,
 )
+from worker.core.database_url import normalize as normalize_database_url
+from worker.core.database_url import shown as shown_database_url
 from worker.core.kafka_connection import KafkaConnection
 
 ENV_PREFIX = "PERSISTER_"
@@ -87,6 +88,9 @@ class Limits(BaseModel):
     max_labels: int = 500
     max_resource_id_bytes: int = DEFAULT_MAX_RESOURCE_ID_BYTES
     naive_timestamps: Literal["utc", "reject"] = "utc"
+
+
+DEFAULT_REVOKE_BUDGET_S = 10.0
 
 
 class Settings(KafkaConnection):
@@ -161,7 +165,16 @@ class Settings(KafkaConnection):
     metrics_port: int = Field(9400, ge=0, le=65535)
 
     shutdown_grace_s: float = Field(30.0, gt=0)
-    rebalance_flush_timeout_s: float = Field(10.0, gt=0)
+    # Default: 10 s, or half the session timeout if that is shorter (see
+    # `revoke_budget_s`).
+    rebalance_flush_timeout_s: float | None = Field(None, gt=0)
+    # Deadlines of every wait on the network (see worker.pipeline.stalls):
+    # one database transaction or statement, one Kafka request (commit,
+    # metadata, a seek); and how long any of them, or a partition's
+    # unfinished write, waits before a WARNING says so.
+    database_timeout_s: float = Field(30.0, ge=1, le=3600)
+    kafka_timeout_s: float = Field(30.0, ge=1, le=3600)
+    stall_warn_s: float = Field(10.0, gt=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -203,20 +216,9 @@ class Settings(KafkaConnection):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        """Accept the usual `postgresql://` form and pick the async driver for it."""
-        try:
-            url = make_url(value)
-        except ArgumentError:
-            raise ValueError(
-                "is not a database URL (postgresql://... or sqlite+aiosqlite://...)"
-            ) from None
-        if url.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
-            url = url.set(drivername="postgresql+asyncpg")
-        elif url.drivername in ("sqlite", "sqlite+aiosqlite"):
-            url = url.set(drivername="sqlite+aiosqlite")
-        else:
-            raise ValueError(f"unsupported database {url.drivername!r}; use postgresql or sqlite")
-        return url.render_as_string(hide_password=False)
+        """Accept the usual `postgresql://` forms, a list of hosts too (see
+        `worker.core.database_url`), and pick the async driver for them."""
+        return normalize_database_url(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -236,9 +238,15 @@ class Settings(KafkaConnection):
                     f"PERSISTER_RETENTION_OVERRIDES: {pattern!r} ({kept}) is longer than "
                     f"PERSISTER_RETENTION ({self.retention}); an override can only shorten it"
                 )
-        if self.rebalance_flush_timeout_s >= self.max_poll_interval_s:
+        # The coordinator waits for a rejoin up to the session timeout (the
+        # consumer's rebalance timeout, see worker.pipeline.fetching): the
+        # whole revoke (flush, dead letters, commit) must end before it.
+        if (
+            self.rebalance_flush_timeout_s is not None
+            and self.rebalance_flush_timeout_s >= self.session_timeout_s
+        ):
             raise ValueError(
-                "PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below PERSISTER_MAX_POLL_INTERVAL_S"
+                "PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below PERSISTER_SESSION_TIMEOUT_S"
             )
         if self.session_timeout_s >= self.max_poll_interval_s:
             raise ValueError(
@@ -250,6 +258,13 @@ class Settings(KafkaConnection):
                 "its PostgreSQL database"
             )
         return self
+
+    @property
+    def revoke_budget_s(self) -> float:
+        """How long a revoke may take, all of it (flush, dead letters, commit)."""
+        if self.rebalance_flush_timeout_s is not None:
+            return self.rebalance_flush_timeout_s
+        return min(DEFAULT_REVOKE_BUDGET_S, self.session_timeout_s / 2)
 
     @property
     def limits(self) -> Limits:
@@ -264,4 +279,4 @@ class Settings(KafkaConnection):
         return self.client_id or replica_id()
 
     def redacted_database_url(self) -> str:
-        return make_url(self.database_url).render_as_string(hide_password=True)
+        return shown_database_url(make_url(self.database_url).render_as_string(hide_password=True))

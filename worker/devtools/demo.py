@@ -27,7 +27,7 @@ from schemas.tables import consumer_offsets, dead_letters, event_resources, even
 from worker.core.kafka_admin import create_topic
 from worker.devtools import loadgen
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 
 TOPIC = "events"
 PARTITIONS = 4

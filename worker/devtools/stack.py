@@ -31,6 +31,7 @@ from worker.devtools.stack_kafka import (
     kafka_version,
     new_cluster_id,
 )
+from worker.devtools.stack_proxy import SERVICES, StackProxies, proxy_port_name
 
 __all__ = [
     "SASL_PASSWORD",
@@ -43,6 +44,7 @@ __all__ = [
     "kafka_version",
     "new_cluster_id",
     "stack_down",
+    "stack_net",
     "stack_up",
 ]
 
@@ -60,13 +62,19 @@ class StackInfo:
     # A second listener of the same broker that wants SASL/PLAIN with
     # SASL_USER and SASL_PASSWORD (for testing Kafka security settings).
     kafka_sasl_bootstrap_servers: str = ""
+    # With proxies: PostgreSQL itself, not through its proxy (for looking at
+    # the database while its network is frozen).
+    direct_database_url: str = ""
 
     def exports(self) -> str:
         """Shell lines that point the persister at this stack."""
-        return (
+        lines = (
             f"export KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers}\n"
             f"export DATABASE_URL={self.database_url}\n"
         )
+        if self.direct_database_url != self.database_url:
+            lines += f"# PostgreSQL without its proxy: {self.direct_database_url}\n"
+        return lines
 
 
 # The server settings that matter for this write load (docs/performance.md):
@@ -91,7 +99,12 @@ def _pg_bin(name: str) -> str:
 
 class LocalStack:
     """Kafka (one KRaft node, or a cluster of `brokers`) plus, unless a
-    database URL is given, one PostgreSQL cluster."""
+    database URL is given, one PostgreSQL cluster.
+
+    With `proxy`, clients reach both through proxies (`stack_proxy`) that
+    `freeze`, `heal` and `reset` make silent, bring back or reset: the
+    broker advertises its proxy's port, and `info.database_url` is the
+    proxy's."""
 
     def __init__(
         self,
@@ -99,7 +112,10 @@ class LocalStack:
         database_url: str | None = None,
         brokers: int = 1,
         server_settings: Mapping[str, str] = SERVER_SETTINGS,
+        proxy: bool = False,
     ) -> None:
+        if proxy and (brokers != 1 or database_url):
+            raise StackError("proxies need one broker and the stack's own PostgreSQL")
         self.state_dir = state_dir.resolve()
         self._external_db = database_url
         # On the command line, so ALTER SYSTEM cannot change them: a benchmark
@@ -109,15 +125,19 @@ class LocalStack:
         self._pgdata = self._pg_dir / "pgdata"
         self._ports: dict[str, int] = {}
         self.kafka = KafkaCluster(self.state_dir / "kafka", self._ports, brokers, {})
+        self.proxies = StackProxies(self.state_dir, self._ports, {}) if proxy else None
 
     @classmethod
     def load(cls, state_dir: Path) -> LocalStack:
         """The stack described by `state_dir`/stack.json, e.g. one started by another process."""
         saved = json.loads((state_dir / STATE_FILE).read_text())
-        stack = cls(state_dir, saved["external_database_url"], int(saved.get("brokers", 1)))
+        brokers, proxy = int(saved.get("brokers", 1)), bool(saved.get("proxy", False))
+        stack = cls(state_dir, saved["external_database_url"], brokers, proxy=proxy)
         stack._ports.update({name: int(port) for name, port in saved["ports"].items()})
         pids = saved.get("kafka_pids") or {"1": saved.get("kafka_pid")}
         stack.kafka.pids = {int(n): int(pid) for n, pid in pids.items() if pid is not None}
+        if stack.proxies is not None:
+            stack.proxies.pids = {s: int(pid) for s, pid in saved.get("proxy_pids", {}).items()}
         return stack
 
     def save(self) -> None:
@@ -126,6 +146,8 @@ class LocalStack:
             "brokers": self.kafka.brokers,
             "ports": self._ports,
             "kafka_pids": self.kafka.pids,
+            "proxy": self.proxies is not None,
+            "proxy_pids": {} if self.proxies is None else self.proxies.pids,
             "postgres_pid": self._postgres_pid(),
             "dirs": {"kafka": str(self.kafka.kafka_dir), "postgres": str(self._pg_dir)},
             "info": asdict(self.info),
@@ -140,27 +162,64 @@ class LocalStack:
     def info(self) -> StackInfo:
         if not self._ports:
             raise StackError("the stack has not been started")
-        pg = f"postgresql+asyncpg://postgres@127.0.0.1:{self._ports['postgres']}/{DATABASE}"
-        return StackInfo(
-            self.kafka.bootstrap(), self._external_db or pg, self.kafka.bootstrap(sasl=True)
-        )
+        direct = self._external_db or self._postgres_url(self._ports["postgres"])
+        proxied = self._ports.get(proxy_port_name("postgres"))
+        url = direct if proxied is None else self._postgres_url(proxied)
+        return StackInfo(self.kafka.bootstrap(), url, self.kafka.bootstrap(sasl=True), direct)
+
+    @staticmethod
+    def _postgres_url(port: int) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{DATABASE}"
 
     def start(self) -> StackInfo:
         """Start whatever is not running yet; return where to find it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self._ports:
             names = ["postgres", *all_port_names(self.kafka.brokers)]
+            if self.proxies is not None:
+                names += [proxy_port_name(service) for service in SERVICES]
             self._ports.update(zip(names, free_ports(len(names)), strict=True))
         self.start_postgres()
+        if self.proxies is not None:
+            targets = {"kafka": self.kafka.port(1), "postgres": self._ports["postgres"]}
+            self.proxies.start(targets)
         self.start_kafka()
         return self.info
 
     def stop(self) -> None:
+        if self.proxies is not None:
+            self.proxies.stop()
         self.stop_kafka()
         self.stop_postgres()
 
     def running(self) -> bool:
-        return self.kafka.any_alive() or (not self._external_db and self._postgres_running())
+        proxies = self.proxies is not None and self.proxies.any_alive()
+        postgres = not self._external_db and self._postgres_running()
+        return proxies or self.kafka.any_alive() or postgres
+
+    # --- the network, with proxies ----------------------------------------
+
+    def freeze(self, service: str) -> str:
+        """Make the network to `service` ("kafka" or "postgres") silent:
+        connections stay open, nothing passes either way. Returns the
+        proxy's state, e.g. "frozen 4" (4 connections open)."""
+        return self._proxies().command(service, "freeze")
+
+    def heal(self, service: str) -> str:
+        """Forward again, first what was held."""
+        return self._proxies().command(service, "heal")
+
+    def reset(self, service: str) -> str:
+        """Close every connection to `service` with a RST; forward new ones."""
+        return self._proxies().command(service, "reset")
+
+    def _proxies(self) -> StackProxies:
+        if self.proxies is None:
+            raise StackError(
+                f"the stack in {self.state_dir} runs without proxies:"
+                " `persister stack down`, then `persister stack up --proxy`"
+            )
+        return self.proxies
 
     def kafka_log_tail(self, lines: int = 80) -> str:
         return self.kafka.log_tail(lines)
@@ -248,10 +307,13 @@ class LocalStack:
             time.sleep(0.05)
 
 
-def stack_up(state_dir: Path, database_url: str | None, brokers: int = 1) -> StackInfo:
+def stack_up(
+    state_dir: Path, database_url: str | None, brokers: int = 1, proxy: bool = False
+) -> StackInfo:
     """Start a stack that outlives this process and record it in
     `state_dir`/stack.json; one recorded there already is resumed as it was
-    configured, on the same ports and data (refused if `brokers` differs)."""
+    configured, on the same ports and data (refused if `brokers` or `proxy`
+    differs)."""
     if (state_dir / STATE_FILE).exists():
         stack = LocalStack.load(state_dir)
         if stack.kafka.brokers != brokers:
@@ -259,8 +321,13 @@ def stack_up(state_dir: Path, database_url: str | None, brokers: int = 1) -> Sta
                 f"the stack in {state_dir} has {stack.kafka.brokers} broker(s), not {brokers}:"
                 " `persister stack down` first"
             )
+        if (stack.proxies is not None) != proxy:
+            has = "has" if stack.proxies is not None else "has no"
+            raise StackError(
+                f"the stack in {state_dir} {has} proxies: `persister stack down` first"
+            )
     else:
-        stack = LocalStack(state_dir, database_url, brokers)
+        stack = LocalStack(state_dir, database_url, brokers, proxy=proxy)
     try:
         info = stack.start()
     except BaseException:
@@ -268,6 +335,17 @@ def stack_up(state_dir: Path, database_url: str | None, brokers: int = 1) -> Sta
         raise
     stack.save()
     return info
+
+
+def stack_net(state_dir: Path, action: str, service: str) -> str:
+    """freeze, heal or reset the network to one service of the stack recorded
+    in `state_dir` (started with proxies); the proxy's state after it."""
+    if not (state_dir / STATE_FILE).exists():
+        raise StackError(f"no local stack in {state_dir}: `persister stack up --proxy` first")
+    stack = LocalStack.load(state_dir)
+    if action not in ("freeze", "heal", "reset"):
+        raise StackError(f"unknown action {action!r}: freeze, heal or reset")
+    return str(getattr(stack, action)(service))
 
 
 def stack_down(state_dir: Path) -> bool:

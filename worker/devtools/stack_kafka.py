@@ -138,8 +138,15 @@ class KafkaCluster:
     def port(self, node: int, kind: int = 0) -> int:
         return self.ports[port_names(node)[kind]]
 
+    def client_port(self, node: int) -> int:
+        """The port a node advertises to clients: a proxy's, if the stack
+        put one in front of it (`<name>-proxy` in the port table)."""
+        name = port_names(node)[0]
+        return self.ports.get(f"{name}-proxy", self.ports[name])
+
     def bootstrap(self, sasl: bool = False) -> str:
-        return ",".join(f"127.0.0.1:{self.port(n, 2 if sasl else 0)}" for n in self.nodes)
+        ports = (self.port(n, 2) if sasl else self.client_port(n) for n in self.nodes)
+        return ",".join(f"127.0.0.1:{port}" for port in ports)
 
     def partition_dir(self, topic: str, partition: int, node: int = 1) -> Path:
         """Where `node` keeps a partition's log segments."""
@@ -251,6 +258,7 @@ class KafkaCluster:
             node_id=node,
             voters=voters,
             kafka=self.port(node, 0),
+            advertised=self.client_port(node),
             controller=self.port(node, 1),
             sasl=self.port(node, 2),
             data=directory / "data",

@@ -1,10 +1,15 @@
 """Where a group stands: per partition, the stored offset (the truth), Kafka's
 committed offset, the log end, the lag, which member owns it and whether an
 operator paused it; the group's members; who leads the trimmer; how many
-dead letters there are; configured topics that do not exist."""
+dead letters there are; configured topics that do not exist.
+
+With PERSISTER_TOPIC_PATTERN the topics are those of Kafka's topic list that
+the pattern matches, as the consumer subscribes to them (`re.match`, internal
+topics left out; a dead-letter topic the pattern matches is consumed too)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.tables import consumer_offsets, dead_letters
 from worker.core.kafka_admin import KafkaView, Member
 from worker.core.leader import Lease, current
+from worker.core.settings import Settings
 from worker.pipeline.controls import paused_among, read_controls
 
 
@@ -63,6 +69,15 @@ def leader_name(holder: str) -> str:
     """A trimmer holder (`<host>:<pid>:<suffix>`) named like a member."""
     parts = holder.split(":")
     return ":".join(parts[:2]) if len(parts) == 3 else holder
+
+
+async def consumed_topics(view: KafkaView, settings: Settings) -> list[str]:
+    """The topics the workers consume: the configured list, or with a
+    pattern the existing topics it matches."""
+    if settings.topic_pattern is None:
+        return list(settings.topics)
+    pattern = re.compile(settings.topic_pattern)
+    return sorted(t for t in await view.reader.topics() if pattern.match(t))
 
 
 async def gather(

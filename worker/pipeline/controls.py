@@ -1,10 +1,15 @@
 """What operators ask of a group's partitions, kept in `partition_controls`
 (the database is the truth, so it outlives rebalances and restarts): pause
 a topic or a partition, and reload a stored offset that a replay moved under
-a live worker. Workers read the group's rows every `POLL_EVERY_S`."""
+a live worker. Workers read the group's rows every `POLL_EVERY_S`, each read
+bounded by READ_TIMEOUT_S (the consumer loop waits for it); a read that fails
+or times out is one WARNING while that lasts (and `/readyz` 503: an
+operator's pause may not apply), retried with a backoff of up to
+RETRY_CAP_S, and one INFO when a read works again."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -15,12 +20,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.tables import partition_controls
+from worker.core.conditions import Conditions
+from worker.core.retry import backoff_s
 from worker.core.topic_partition import TP
 from worker.pipeline.storage import dialect_insert
 
 logger = logging.getLogger(__name__)
 
 POLL_EVERY_S = 1.0
+# A read of the controls that takes longer is given up: the consumer loop
+# waits on it, so it must not hang there (the read is one small query).
+READ_TIMEOUT_S = 2.0
+# After failed reads, the next waits up to this long (jittered), so a
+# database that does not answer holds the loop up a fraction of the time.
+RETRY_CAP_S = 10.0
 WHOLE_TOPIC = -1
 
 
@@ -123,34 +136,59 @@ async def request_reload(
 
 class ControlWatcher:
     """A worker's view of its group's controls, refreshed at most every
-    `POLL_EVERY_S`. A failed read keeps the last view (a database outage
-    shows in the write path)."""
+    `POLL_EVERY_S`. A failed read keeps the last view and is reported (see
+    the module docstring)."""
 
     def __init__(self, engine: AsyncEngine, group: str) -> None:
         self.engine = engine
         self.group = group
         self.controls: list[Control] = []
+        self.problems = Conditions("controls")
         self._reloads: dict[TP, int] | None = None
-        self._read_at = 0.0
+        self._next_read_at = 0.0
+        self._failures = 0
 
     async def refresh(self) -> list[TP]:
         """Re-read if due; returns the partitions whose reload was raised
         since the last read (none on the first)."""
         now = time.monotonic()
-        if now - self._read_at < POLL_EVERY_S:
+        if now < self._next_read_at:
             return []
-        self._read_at = now
+        self._next_read_at = now + POLL_EVERY_S
         try:
-            async with self.engine.connect() as conn:
-                self.controls = await read_controls(conn, self.group)
-        except (SQLAlchemyError, OSError) as exc:
-            logger.debug("controls not read: %r", exc)
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                async with self.engine.connect() as conn:
+                    self.controls = await read_controls(conn, self.group)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            self._failures += 1
+            wait_s = backoff_s(self._failures, POLL_EVERY_S, RETRY_CAP_S)
+            self._next_read_at = time.monotonic() + wait_s
+            self._failed(exc)
             return []
+        self._failures = 0
+        self.problems.clear("read", f"partition controls of group {self.group!r} read again")
         reloads = {(c.topic, c.partition): c.reload for c in self.controls}
         before, self._reloads = self._reloads, reloads
         if before is None:
             return []
         return sorted(tp for tp, n in reloads.items() if before.get(tp, 0) != n)
+
+    def _failed(self, exc: BaseException) -> None:
+        # Once while it lasts, whatever each attempt's error says.
+        if "read" in self.problems:
+            logger.debug("controls not read: %r", exc)
+            return
+        why = f"no answer within {READ_TIMEOUT_S:g} s"
+        if not isinstance(exc, TimeoutError):
+            inner = getattr(exc, "orig", None) or exc.__cause__ or exc
+            why = f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}"
+        self.problems.raise_(
+            "read",
+            f"partition controls of group {self.group!r} not read ({why}): pauses and "
+            "reloads operators ask for may not apply; retrying with a jittered backoff "
+            f"of up to {RETRY_CAP_S:g} s",
+            logging.WARNING,
+        )
 
     def paused(self, partitions: Iterable[TP]) -> set[TP]:
         return paused_among(self.controls, partitions)

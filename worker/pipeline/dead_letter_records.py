@@ -1,4 +1,5 @@
-"""What a dead letter looks like on the dead-letter topic (pure logic).
+"""What a dead letter looks like on the dead-letter topic, and reading the
+outbox of those not sent yet.
 
 Whole form: the original key and value, with headers saying where it came
 from and why it was rejected. Reduced form, for a dead letter whose whole
@@ -7,13 +8,25 @@ record does not fit the topic: an empty value, the key only if it is at most
 `REDUCED_ERROR_CHARS`) and four more: `dlq.reduced` (`true`), `dlq.id` (its
 row in `dead_letters`, which keeps the whole value), `dlq.key_bytes` and
 `dlq.value_bytes` (the original sizes).
+
+The outbox itself, `dead_letters`, is read a page at a time
+(`unpublished_pages`): at most PAGE_ROWS rows, values included, by offset
+after the last one read, through the partial index of the rows not yet
+published. While the topic refuses them, each retry reads one bounded page
+rather than every row the partition has gathered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import Row, Select, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.tables import dead_letters
+from worker.core.topic_partition import TP
 
 HEADER_PREFIX = "dlq."
 # Room above the largest accepted value for the key, the headers and the
@@ -27,6 +40,9 @@ RECORD_OVERHEAD_BYTES = 36
 HEADER_OVERHEAD_BYTES = 10
 REDUCED_KEY_MAX_BYTES = 1024
 REDUCED_ERROR_CHARS = 2000
+# Dead letters one read loads at most: their values may be up to the largest
+# message the topic took (more for `MessageTooLarge`), so memory stays bounded.
+PAGE_ROWS = 100
 
 Headers = list[tuple[str, bytes]]
 
@@ -119,3 +135,35 @@ def origin(record_headers: Sequence[tuple[str, bytes]]) -> tuple[str, str, int, 
         )
     except (KeyError, ValueError):
         return None
+
+
+def unpublished_query(group_id: str, tp: TP, after: int | None, limit: int) -> Select[Any]:
+    """The partition's dead letters not yet on the topic, from the offset
+    after `after` (None: the first), oldest first, at most `limit`: a range
+    scan of `ix_persister_dead_letters__unpublished`."""
+    c = dead_letters.c
+    query = select(dead_letters).where(
+        c.group_id == group_id, c.topic == tp[0], c.partition == tp[1], c.published.is_(None)
+    )
+    if after is not None:
+        query = query.where(c.offset > after)
+    return query.order_by(c.offset).limit(limit)
+
+
+async def unpublished_pages(
+    engine: AsyncEngine, group_id: str, tp: TP, limit: int = PAGE_ROWS
+) -> AsyncIterator[list[Row[Any]]]:
+    """The partition's unpublished dead letters, a page of at most `limit`
+    at a time, each read when the caller asks for it (one short read, no
+    transaction held between pages). Rows marked published meanwhile are
+    not read again; keyed by offset, no row is skipped or read twice."""
+    after: int | None = None
+    while True:
+        async with engine.connect() as conn:
+            query = unpublished_query(group_id, tp, after, limit)
+            page = list((await conn.execute(query)).all())
+        if page:
+            yield page
+        if len(page) < limit:
+            return
+        after = page[-1].offset

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -29,7 +30,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     RecordListTooLargeError,
 )
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, func, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -38,6 +39,7 @@ from worker.core.conditions import Conditions
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 from worker.core.topic_partition import TP
+from worker.pipeline.dead_letter_doubt import Doubts
 from worker.pipeline.dead_letter_outcome import (
     RETRY_BASE_S,
     RETRY_CAP_S,
@@ -46,7 +48,12 @@ from worker.pipeline.dead_letter_outcome import (
     report,
     unfit_reason,
 )
-from worker.pipeline.dead_letter_records import dead_letter_topic, fitted, request_bytes
+from worker.pipeline.dead_letter_records import (
+    dead_letter_topic,
+    fitted,
+    request_bytes,
+    unpublished_pages,
+)
 from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, prepare
 
 logger = logging.getLogger(__name__)
@@ -94,6 +101,8 @@ class DeadLetterPublisher:
         self._wanted: set[TP] = set()
         # Partitions whose leftovers from a previous owner were checked.
         self._checked: set[TP] = set()
+        # What this worker sent of each partition, and what is in doubt.
+        self.doubts = Doubts()
         # Dead letters the broker refused whole: they go reduced next time.
         self._reduce: set[int] = set()
         # Sends whose answer no attempt has handled yet, by dead letter id.
@@ -107,6 +116,7 @@ class DeadLetterPublisher:
         left, the first time)."""
         if self._producer is None:
             return
+        self.doubts.began(tp)
         self._wanted.add(tp)
         sender = self._senders.get(tp)
         # A sender that has just finished is still listed until its done
@@ -116,11 +126,19 @@ class DeadLetterPublisher:
             self._senders[tp] = task
             task.add_done_callback(functools.partial(self._sender_done, tp))
 
+    def recheck(self, tp: TP) -> None:
+        """The partition's stored offset was not what this worker wrote (a
+        fence): the database may have lost dead letters already sent, which
+        the worker is about to write again unmarked. Those are looked for on
+        the topic before being sent (see `worker.pipeline.dead_letter_doubt`)."""
+        self.doubts.recheck(tp)
+
     async def release(self, tp: TP, timeout_s: float) -> None:
         """The partition is being revoked: let its sender finish (so the next
         owner does not send the same records), or stop it at the deadline."""
         self._wanted.discard(tp)
         self._checked.discard(tp)
+        self.doubts.release(tp)
         task = self._senders.get(tp)
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -185,10 +203,10 @@ class DeadLetterPublisher:
 
     async def publish_pending(self, tp: TP, recovering: bool) -> Outcome:
         """Send this partition's unmarked dead letters to the topic, marking
-        each once acknowledged. With `recovering`, first mark those already
-        on the topic instead of sending them. What failed is reported and
-        retried on the next call: the table already holds every dead letter,
-        so nothing waits on the topic."""
+        each once acknowledged. With `recovering`, or for rows in doubt (see
+        `recheck`), first mark those already on the topic instead of sending
+        them. What failed is reported and retried on the next call: the table
+        already holds every dead letter, so nothing waits on the topic."""
         outcome = Outcome()
         topic = dead_letter_topic(self.settings.dead_letter_topic, tp[0])
         producer = self._producer
@@ -223,13 +241,29 @@ class DeadLetterPublisher:
         recovering: bool,
         outcome: Outcome,
     ) -> None:
-        rows = await self._unmarked(tp)
-        if not rows:
-            return
+        # A page at a time, through the index of unpublished rows: a long
+        # outage of the topic never loads the whole outbox, values included.
+        async for rows in self._pages(tp):
+            await self._attempt_page(producer, topic, tp, recovering, outcome, rows)
+            if outcome.error is not None:  # the rest waits for the next attempt
+                return
+
+    async def _attempt_page(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        tp: TP,
+        recovering: bool,
+        outcome: Outcome,
+        rows: list[Row[Any]],
+    ) -> None:
         target = await self._target(topic)
         partition = tp[1] % target.partitions
-        if recovering:
-            found = await already_sent(self.settings, topic, partition, rows)
+        since = self.doubts.look_back(tp, rows)
+        if recovering or since is not None:
+            back_to = {} if since is None else {"back_to": since}
+            found = await already_sent(self.settings, topic, partition, rows, **back_to)
+            self.doubts.sent(tp, found)
             await self._mark([row.id for row in rows if row.offset in found])
             rows = [row for row in rows if row.offset not in found]
         group = self.settings.group_id
@@ -247,6 +281,7 @@ class DeadLetterPublisher:
             )
             sent = Inflight(record, future, asyncio.get_running_loop().time())
             self._inflight[row.id] = sent
+            self.doubts.tried(tp, row.offset)
             future.add_done_callback(_retrieved)
             pending.append((row, sent))
         await self._acknowledged(tp, pending, outcome)
@@ -281,6 +316,7 @@ class DeadLetterPublisher:
                 outcome.failed(f"{exc!r} at offset {row.offset}", not isinstance(exc, REFUSED))
                 continue
             self._inflight.pop(row.id, None)
+            self.doubts.sent(tp, [row.offset])
             acked.append(row.id)
             self._reduce.discard(row.id)
             outcome.sent += 1
@@ -326,20 +362,8 @@ class DeadLetterPublisher:
         except KafkaError as exc:
             logger.debug("the replaced dead-letter producer stopped with %r", exc)
 
-    async def _unmarked(self, tp: TP) -> list[Row[Any]]:
-        c = dead_letters.c
-        query = (
-            select(dead_letters)
-            .where(
-                c.group_id == self.settings.group_id,
-                c.topic == tp[0],
-                c.partition == tp[1],
-                c.published.is_(None),
-            )
-            .order_by(c.offset)
-        )
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
+    def _pages(self, tp: TP) -> AsyncIterator[list[Row[Any]]]:
+        return unpublished_pages(self.engine, self.settings.group_id, tp)
 
     async def _mark(self, ids: list[int]) -> None:
         if not ids:

@@ -61,10 +61,18 @@ async def prepare(settings: Settings, producer: AIOKafkaProducer, topic: str) ->
 
 
 async def already_sent(
-    settings: Settings, topic: str, partition: int, rows: list[Row[Any]]
+    settings: Settings,
+    topic: str,
+    partition: int,
+    rows: list[Row[Any]],
+    back_to: datetime | None = None,
 ) -> set[int]:
-    """Offsets of `rows` whose dead-letter record is on the topic already."""
-    since: datetime = min(row.recorded for row in rows) - SCAN_MARGIN
+    """Offsets of `rows` whose dead-letter record is on the topic already.
+    The scan starts shortly before the oldest row was recorded, or before
+    `back_to` if earlier: a row written again after the database lost it is
+    recorded anew, after its first record went to the topic."""
+    since: datetime = min([row.recorded for row in rows] + ([back_to] if back_to else []))
+    since -= SCAN_MARGIN
     wanted = {(settings.group_id, row.topic, row.partition, row.offset) for row in rows}
     ktp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(

@@ -2,12 +2,15 @@
 
 Every record ends as exactly one of: an event row (with its resource rows), a
 duplicate of an event earlier in the same batch, or a `Rejection` bound for the
-dead-letter destination.
+dead-letter destination. A duplicate is one with the same key as the table's,
+(id, occurred): an event with the id of an earlier one but another
+`occurred` is a row of its own, as it would be in a later batch (README,
+"Tables").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,14 +43,25 @@ class Rejection:
     error: str
 
 
+# An event's key in `events`: (id, occurred).
+EventKey = tuple[UUID, datetime]
+
+
+def event_key(row: Mapping[str, Any]) -> EventKey:
+    """The key of an `events` row (see `Rows`)."""
+    return row["id"], row["occurred"]
+
+
 @dataclass
 class Rows:
+    """A batch's rows; `resources` and `sources` are by `event_key`."""
+
     events: list[dict[str, Any]] = field(default_factory=list)
-    resources: dict[UUID, list[dict[str, Any]]] = field(default_factory=dict)
+    resources: dict[EventKey, list[dict[str, Any]]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
     # The record each event came from, for a dead letter if the database
     # rejects the event.
-    sources: dict[UUID, Record] = field(default_factory=dict)
+    sources: dict[EventKey, Record] = field(default_factory=dict)
 
 
 def decode(record: Record, limits: Limits, max_message_bytes: int) -> Envelope | Rejection:
@@ -141,8 +155,8 @@ def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -
         decoded = decode(record, limits, max_message_bytes)
         if isinstance(decoded, Rejection):
             rows.rejections.append(decoded)
-        elif decoded.id not in rows.resources:
+        elif (key := (decoded.id, decoded.occurred)) not in rows.resources:
             rows.events.append(event_row(decoded, received_at(record)))
-            rows.resources[decoded.id] = resource_rows(decoded)
-            rows.sources[decoded.id] = record
+            rows.resources[key] = resource_rows(decoded)
+            rows.sources[key] = record
     return rows

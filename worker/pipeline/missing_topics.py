@@ -6,6 +6,7 @@ is asked again every `metadata_max_age_s`, and only while one is missing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -23,6 +24,7 @@ class MissingTopics:
         # A pattern names no topic that could be missing.
         self.wanted = set() if settings.topic_pattern else set(settings.topics)
         self.every_s = settings.metadata_max_age_s
+        self.timeout_s = settings.kafka_timeout_s
         self.conditions = Conditions("missing_topic", unready=False)
         self.missing: set[str] = set()
         self._checked_at: float | None = None
@@ -35,8 +37,9 @@ class MissingTopics:
             return
         self._checked_at = now
         try:
-            existing = await consumer.topics()
-        except KafkaError as exc:  # the fetch path reports an unreachable broker
+            async with asyncio.timeout(self.timeout_s):
+                existing = await consumer.topics()
+        except (KafkaError, TimeoutError) as exc:  # fetching reports an unreachable broker
             logger.debug("topics not listed: %r", exc)
             return
         self.missing = self.wanted - existing

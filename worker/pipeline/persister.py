@@ -4,6 +4,14 @@ Order for every batch (see `worker.pipeline.storage`): write rows and the fenced
 in one database transaction, and only after it commits, commit the same offset
 to Kafka (best effort; the database copy is the truth and is where a newly
 assigned partition resumes from).
+
+Every wait on the network has a deadline (PERSISTER_DATABASE_TIMEOUT_S,
+PERSISTER_KAFKA_TIMEOUT_S); one that passes it is a failure like any other,
+retried with the one backoff policy. A watchdog task reports waits longer
+than PERSISTER_STALL_WARN_S (`worker.pipeline.stalls`) even while they hang.
+Stopping and revoking each run under one budget (the shutdown grace, the
+rebalance flush timeout): what does not fit is abandoned, never committed,
+and rewritten by the partition's next owner.
 """
 
 from __future__ import annotations
@@ -22,25 +30,36 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core import metrics
 from worker.core.conditions import Conditions
+from worker.core.errors import OperatorNeeded, needs_operator
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record, Triggers
 from worker.pipeline.control_follower import ControlFollower
 from worker.pipeline.dead_letter_sender import DeadLetterPublisher
-from worker.pipeline.fetching import Fetching, new_consumer, seek_stored
+from worker.pipeline.fetching import Fetching, key, new_consumer
+from worker.pipeline.kafka_commits import KafkaCommits
+from worker.pipeline.kafka_login import refuse_bad_login, refused_line
 from worker.pipeline.missing_topics import MissingTopics
-from worker.pipeline.partitions import RETRY_BASE_S, RETRY_CAP_S, Owned, Stats, fields, names
+from worker.pipeline.ownership import Ownership
+from worker.pipeline.partitions import RETRY_CAP_S, Owned, Stats, names
 from worker.pipeline.progress import Progress, report_write
-from worker.pipeline.storage import FenceError, load_offsets
+from worker.pipeline.retries import Retries
+from worker.pipeline.stalls import LISTING_TOPICS, READING_CONTROLS, WRITING, Stalls
+from worker.pipeline.storage import FenceError
+from worker.pipeline.watchdog import Watchdog
 from worker.pipeline.writer import BatchWriter
 
 logger = logging.getLogger(__name__)
 
 LEAVE_TIMEOUT_S = 5.0
+# Shares of the shutdown grace: the last flush, the Kafka commit, leaving the
+# group; the rest closes the database connections.
+DRAIN_SHARE = 0.5
+COMMIT_SHARE = 0.1
+LEAVE_SHARE = 0.15
 # Joining while the brokers are unreachable: 2 s, 4 s, ... up to 30 s, jittered.
 CONNECT_BASE_S = 1.0
-KAFKA_COMMIT_EVERY_S = 1.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -54,7 +73,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.persister.on_assigned([(tp.topic, tp.partition) for tp in assigned])
 
 
-class Persister:
+class FlushAbandoned(Exception):
+    """Stopping: the last flush of these partitions did not finish within
+    the grace. Nothing of it was committed; their next owner rewrites it."""
+
+
+class Persister(Ownership):
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
@@ -66,9 +90,9 @@ class Persister:
         self._revoked_at: float | None = None
         self._inflight: dict[TP, asyncio.Task[None]] = {}
         self._crashed: BaseException | None = None
-        # Offsets written to the database but not yet committed to Kafka.
-        self._uncommitted: dict[TP, int] = {}
-        self._committed_at = 0.0
+        self.retries = Retries()
+        # Set when stopping gave up the last flush of these partitions.
+        self.abandoned: list[TP] = []
         self.owned: dict[TP, Owned] = {}
         self.accumulator = Accumulator(
             Triggers(
@@ -85,29 +109,46 @@ class Persister:
         self.fetching = Fetching(
             self.accumulator, self.owned, lambda: self.consumer, settings.fetch_retry_s
         )
+        self.stalls = Stalls(settings.stall_warn_s)
+        self.watchdog = Watchdog(self.stalls, lambda: self.consumer, self.owned, settings.group_id)
+        self.commits = KafkaCommits(
+            lambda: self.consumer,
+            self.owned,
+            self.stalls,
+            settings.group_id,
+            settings.kafka_timeout_s,
+        )
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return new_consumer(self.settings, _Listener(self))
 
     async def _connect(self, stopping: asyncio.Event) -> bool:
         """Start consuming, waiting out an unreachable broker (aiokafka gives
-        up after its request timeout). False if stopped before it succeeded."""
+        up after its request timeout). False if stopped before it succeeded.
+        Raises `OperatorNeeded` if Kafka refuses the login or access: no
+        retry mends that."""
         failures = 0
         while not stopping.is_set():
             try:
+                await refuse_bad_login(self.settings)
                 await self.consumer.start()
                 await self.dead_letters.start()
                 self.connecting.clear("start", "connected to Kafka")
                 return True
-            except KafkaError as exc:
+            except (KafkaError, OperatorNeeded) as exc:
+                with contextlib.suppress(KafkaError):
+                    await self.consumer.stop()
+                    await self.dead_letters.stop()
+                if isinstance(exc, OperatorNeeded):
+                    raise
+                if needs_operator(exc):
+                    line = refused_line(exc, self.settings.kafka_bootstrap_servers)
+                    raise OperatorNeeded(line) from exc
                 failures += 1
                 delay_s = backoff_s(failures, CONNECT_BASE_S, RETRY_CAP_S)
                 self.connecting.raise_(
                     "start", f"cannot consume yet: {exc!r}; retrying", logging.WARNING
                 )
-                with contextlib.suppress(KafkaError):
-                    await self.consumer.stop()
-                    await self.dead_letters.stop()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), delay_s)
                 if not stopping.is_set():
@@ -122,25 +163,54 @@ class Persister:
         if started is not None:
             started.set()
         logger.info("consuming %s as group %r", s.topic_pattern or ",".join(s.topics), s.group_id)
+        watchdog = asyncio.create_task(self.watchdog.run(self._crash), name="stall watchdog")
+        consuming = asyncio.create_task(self._consume(stopping), name="consume")
+        stopped = asyncio.create_task(stopping.wait())
         try:
-            while not stopping.is_set():
-                for crashed in (self._crashed, self.dead_letters.crashed):
-                    if crashed is not None:
-                        raise crashed
-                await self.controls.follow(self.owned, self._inflight)
-                await self.missing_topics.check(self.consumer)
-                await self._prepare_assigned()
-                await self._poll()
-                self._start_due_flushes()
-                self._apply_pauses()
-                await self._commit_kafka()
+            await asyncio.wait((consuming, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if consuming.done():
+                consuming.result()  # a crash
         finally:
+            # The loop may be waiting on the network: stopping does not wait
+            # for that (a flush task is not the loop, and is drained below).
+            for task in (consuming, stopped):
+                task.cancel()
+            await asyncio.gather(consuming, stopped, return_exceptions=True)
             try:
-                if self._crashed is None:  # else writing again would fail again
-                    await self._drain()
-                    await self._commit_kafka(force=True)
+                await self._stop()
             finally:
-                await self._leave()  # even after a crash: no client left open
+                watchdog.cancel()
+
+    async def _consume(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            for crashed in (self._crashed, self.dead_letters.crashed):
+                if crashed is not None:
+                    raise crashed
+            with self.watchdog.waiting(READING_CONTROLS):
+                await self.controls.follow(self.owned, self._inflight)
+            with self.watchdog.waiting(LISTING_TOPICS):
+                await self.missing_topics.check(self.consumer)
+            await self._prepare_assigned()
+            await self._poll()
+            self.watchdog.polled(time.monotonic())
+            self._start_due_flushes()
+            self._apply_pauses()
+            self.commits.due()
+
+    def _crash(self, exc: BaseException) -> None:
+        self._crashed = exc
+
+    async def _stop(self) -> None:
+        """Flush what is buffered, commit it to Kafka and leave, all within
+        PERSISTER_SHUTDOWN_GRACE_S whatever the network does (the rest of
+        the grace closes the database connections)."""
+        grace_s = self.settings.shutdown_grace_s
+        started = time.monotonic()
+        if self._crashed is None:  # else writing again would fail again
+            await self._drain(grace_s * DRAIN_SHARE)
+            commit_s = min(self.settings.kafka_timeout_s, grace_s * COMMIT_SHARE)
+            await self.commits.now(commit_s)
+        await self._leave(started + grace_s * (DRAIN_SHARE + COMMIT_SHARE + LEAVE_SHARE))
 
     def _start_due_flushes(self) -> None:
         """Start a flush task for each due partition that has none running,
@@ -162,12 +232,17 @@ class Persister:
             # Expected failures are handled inside; this is a bug: stop loudly.
             self._crashed = task.exception()
 
-    async def _leave(self) -> None:
-        try:
-            await asyncio.wait_for(self.consumer.stop(), LEAVE_TIMEOUT_S)
-            await asyncio.wait_for(self.dead_letters.stop(), LEAVE_TIMEOUT_S)
-        except TimeoutError:
-            logger.warning("could not leave group %r cleanly", self.settings.group_id)
+    async def _leave(self, deadline: float) -> None:
+        timeout_s = max(0.1, min(LEAVE_TIMEOUT_S, deadline - time.monotonic()))
+        left = await asyncio.gather(
+            asyncio.wait_for(self.consumer.stop(), timeout_s),
+            asyncio.wait_for(self.dead_letters.stop(), timeout_s),
+            return_exceptions=True,
+        )
+        if problems := [repr(result) for result in left if isinstance(result, Exception)]:
+            logger.warning(
+                "could not leave group %r cleanly: %s", self.settings.group_id, "; ".join(problems)
+            )
         else:
             logger.info("left group %r", self.settings.group_id)
 
@@ -209,50 +284,8 @@ class Persister:
                 (paused if stop else fetching).append(ktp)
         self.consumer.pause(*paused)
         self.consumer.resume(*fetching)
+        self.watchdog.fetched(paused, fetching)
         self.progress.report(self.consumer, self.owned, len(paused), self.stats.events)
-
-    async def _prepare_assigned(self) -> None:
-        """Seek newly assigned partitions to the offsets stored in the database."""
-        now = time.monotonic()
-        pending = [tp for tp, o in self.owned.items() if not o.ready and o.retry_at <= now]
-        if not pending:
-            return
-        try:
-            async with self.engine.connect() as conn:
-                stored = await load_offsets(conn, self.settings.group_id, pending)
-        except (SQLAlchemyError, OSError) as exc:
-            for tp in pending:
-                self._failed(tp, "loading offsets", exc)
-            return
-        for tp in pending:
-            state = self.owned.get(tp)
-            if state is None:
-                continue
-            offset = stored.get(tp)
-            try:
-                await seek_stored(self.consumer, TopicPartition(*tp), offset, self.settings)
-            except KafkaError as exc:  # revoked while the offsets were loading
-                logger.info("%s[%d]: seek skipped: %r", *tp, exc)
-                continue
-            state.stored, state.ready, state.failures = offset, True, 0
-            self.accumulator.reset(tp, offset)
-            if offset is not None and self.controls.reloaded(tp):
-                self._uncommitted[tp] = offset  # Kafka's committed offset follows
-            self.dead_letters.request(tp)
-            if offset is None:
-                logger.info(
-                    "%s[%d]: no stored offset; starting at the %s offset",
-                    *tp,
-                    self.settings.auto_offset_reset,
-                    extra=fields(tp),
-                )
-            else:
-                logger.info(
-                    "%s[%d]: resuming at stored offset %d",
-                    *tp,
-                    offset,
-                    extra=fields(tp, offset=offset),
-                )
 
     async def _flush(self, partitions: list[TP], force: bool = False) -> None:
         now = time.monotonic()
@@ -280,15 +313,18 @@ class Persister:
                     return
                 # A rewind meanwhile (an offset reset) replaced the buffer.
                 self.accumulator.consume(tp, len(batch), next_offset, generation)
-                self._uncommitted[tp] = next_offset
+                self.commits.written(tp, next_offset)
 
     async def _write(self, tp: TP, state: Owned, batch: list[Record], next_offset: int) -> bool:
         started = time.monotonic()
+        self.stalls.begin(WRITING, key(tp), started)
         try:
             written = await self.writer.write(tp, state.stored, batch, next_offset)
         except FenceError as exc:
+            self.stalls.end(WRITING, key(tp), time.monotonic())
             self.stats.fence_failures += 1
             logger.warning("%s; reloading its offset", exc)
+            self.dead_letters.recheck(tp)  # those it sent may be written again
             state.ready = False
             self.accumulator.reset(tp, None)
             return False
@@ -298,6 +334,8 @@ class Persister:
             self._failed(tp, "writing a batch", exc)
             return False
         report_write(tp, state, batch, written, next_offset, time.monotonic() - started)
+        self.stalls.end(WRITING, key(tp), time.monotonic())
+        self.retries.succeeded(tp)
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
         self.fetching.stored(tp, next_offset)
@@ -311,90 +349,31 @@ class Persister:
         return True
 
     def _failed(self, tp: TP, doing: str, exc: BaseException) -> None:
-        state = self.owned.get(tp)
-        if state is None:
-            return
-        state.failures += 1
-        if state.failing_since is None:
-            state.failing_since = time.monotonic()
-        delay_s = backoff_s(state.failures, RETRY_BASE_S, RETRY_CAP_S)
-        state.retry_at = time.monotonic() + delay_s
-        logger.warning(
-            "%s[%d]: %s failed (attempt %d, retry in %.1fs): %s: %s",
-            *tp,
-            doing,
-            state.failures,
-            delay_s,
-            type(exc).__name__,
-            str(exc).splitlines()[0],
-            extra=fields(tp, attempt=state.failures, retry_in_s=round(delay_s, 1)),
-        )
+        if (state := self.owned.get(tp)) is not None:
+            self.retries.failed(tp, state, doing, exc)
 
-    async def _commit_kafka(self, force: bool = False) -> None:
-        """Commit the offsets written since the last call to Kafka, all in one
-        request, at most every KAFKA_COMMIT_EVERY_S. For tooling only (lag,
-        group listings): a failure loses nothing, the database holds them."""
-        now = time.monotonic()
-        if not self._uncommitted or (not force and now - self._committed_at < KAFKA_COMMIT_EVERY_S):
-            return
-        offsets = {TopicPartition(*tp): o for tp, o in self._uncommitted.items()}
-        self._uncommitted.clear()
-        self._committed_at = now
+    async def _drain(self, timeout_s: float) -> None:
+        started = time.monotonic()
         try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            logger.info("Kafka offset commit skipped: %r", exc)
-
-    def on_assigned(self, partitions: list[TP]) -> None:
-        self.stats.rebalances += 1
-        metrics.rebalances.inc()
-        metrics.readiness.joined = True
-        for tp in partitions:
-            self.owned[tp] = Owned()
-            self.accumulator.reset(tp, None)
-            # Nothing is fetched until the stored offset is known.
-            self.consumer.pause(TopicPartition(*tp))
-        paused_s = time.monotonic() - self._revoked_at if self._revoked_at else 0.0
-        self.stats.rebalance_pause_s += paused_s
-        if self._revoked_at is not None:
-            metrics.rebalance_pause_seconds.observe(paused_s)
-        self._revoked_at = None
-        logger.info(
-            "rebalance %d: assigned %s (consumption paused %.1f s)",
-            self.stats.rebalances,
-            names(partitions),
-            paused_s,
-        )
-
-    async def on_revoked(self, partitions: list[TP]) -> None:
-        """Flush what the revoked partitions hold, then let them go. What cannot
-        be flushed in time is dropped: the next owner re-reads it."""
-        self._revoked_at = time.monotonic()
-        mine = [tp for tp in partitions if tp in self.owned]
-        try:
-            await asyncio.wait_for(
-                self._flush(mine, force=True), self.settings.rebalance_flush_timeout_s
-            )
-        except TimeoutError:
-            logger.warning("revoke: flush did not finish in time; the next owner re-reads")
-        await self._commit_kafka(force=True)
-        timeout_s = self.settings.rebalance_flush_timeout_s
-        await asyncio.gather(*(self.dead_letters.release(tp, timeout_s) for tp in mine))
-        for tp in mine:
-            if (task := self._inflight.get(tp)) is not None:
-                task.cancel()
-            del self.owned[tp]
-            self.accumulator.forget(tp)
-            self.fetching.forget(tp)
-            with contextlib.suppress(KeyError):
-                metrics.lag.remove(tp[0], str(tp[1]))
-        if mine:
-            logger.info("revoked %s", names(mine))
-
-    async def _drain(self) -> None:
-        try:
-            async with asyncio.timeout(self.settings.shutdown_grace_s):
+            async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*self._inflight.values(), return_exceptions=True)
                 await self._flush(self.accumulator.partitions(), force=True)
         except TimeoutError:
-            logger.warning("shutdown: flush did not finish in time; the next owner re-reads")
+            pass
+        # Written or not, what a failed write left is still buffered.
+        self.abandoned = sorted(tp for tp in self.accumulator.partitions() if self._unwritten(tp))
+        if self.abandoned:
+            logger.warning(
+                "shutdown: the last flush of %s abandoned after %.1f s (the database did not "
+                "take it in time); nothing of it was committed: the next owner rewrites it",
+                names(self.abandoned),
+                time.monotonic() - started,
+            )
+
+    def _unwritten(self, tp: TP) -> bool:
+        state = self.owned.get(tp)
+        batch = self.accumulator.peek(tp)
+        return bool(batch) or (
+            state is not None
+            and self.accumulator.next_offset(tp, batch) not in (None, state.stored)
+        )

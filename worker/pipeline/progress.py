@@ -38,7 +38,8 @@ def report_write(
             written.inserted,
         )
     if state.failures and state.failing_since is not None:
-        logger.info(
+        # Per partition, so DEBUG: `Retries` says once that writing works again.
+        logger.debug(
             "%s[%d]: writing works again after %d failed attempts in %.1f s",
             *tp,
             state.failures,

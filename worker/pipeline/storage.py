@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -22,7 +21,6 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
-    event,
     func,
     literal_column,
     select,
@@ -31,20 +29,49 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from schemas.tables import consumer_offsets, dead_letters
 from worker.core.errors import ErrorKind, classify, describe
 from worker.core.topic_partition import TP
-from worker.pipeline.decoding import Rejection, Rows, received_at
+from worker.pipeline.decoding import Rejection, Rows, event_key, received_at
 from worker.pipeline.inserts import copy_events_and_resources, insert_events_and_resources
 
 logger = logging.getLogger(__name__)
 
 
 class FenceError(Exception):
-    """The stored offset is not the one this worker last saw: another worker
-    owns the partition now (or did in between)."""
+    """The stored offset is not the one this worker last saw. Above it (or
+    set where this worker found none): another worker owns the partition now,
+    or did in between. Below it, or gone: the database lost writes this
+    worker committed (a failover to a replica that had not received them, a
+    restore from a backup), or a forced replay moved it back; either way the
+    worker reloads it and writes the lost tail again."""
+
+    def __init__(self, tp: TP, expected: int | None, stored: int | None) -> None:
+        self.tp, self.expected, self.stored = tp, expected, stored
+        where = f"{tp[0]}[{tp[1]}]"
+        if self.lost_writes:
+            now = "gone" if stored is None else f"{stored}"
+            text = (
+                f"{where}: stored offset is {now}, below the {expected} this worker wrote; "
+                "the database lost writes (a failover or restore?), or a replay moved it back"
+            )
+        elif expected is None:
+            text = (
+                f"{where}: stored offset is {stored}, where there was none; another worker owns it"
+            )
+        else:
+            text = (
+                f"{where}: stored offset is no longer {expected} but {stored}; "
+                "another worker owns it"
+            )
+        super().__init__(text)
+
+    @property
+    def lost_writes(self) -> bool:
+        """The database went back in time (see the class)."""
+        return self.expected is not None and (self.stored is None or self.stored < self.expected)
 
 
 @dataclass(frozen=True)
@@ -59,50 +86,6 @@ class Written:
     rejected: tuple[tuple[int, str], ...] = ()
     # The events went in by INSERT ... ON CONFLICT, not by COPY.
     inserted: bool = False
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-SQLITE_BUSY_TIMEOUT_S = 30
-
-
-def create_engine(
-    database_url: str, pool_size: int, idle_in_transaction_s: float | None = None
-) -> AsyncEngine:
-    """An engine for the worker. `idle_in_transaction_s` (PostgreSQL) has the
-    server abort a transaction whose client went quiet that long, e.g. a
-    process paused mid-transaction: it can then never commit late."""
-    if database_url.startswith("sqlite"):
-        engine = create_async_engine(
-            database_url,
-            json_serializer=_json,
-            # SQLite has one writer at a time: others wait for it, not fail.
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
-        )
-        event.listen(engine.sync_engine, "connect", _sqlite_wal)
-        return engine
-    server_settings = {}
-    if idle_in_transaction_s is not None:
-        timeout_ms = str(int(idle_in_transaction_s * 1000))
-        server_settings["idle_in_transaction_session_timeout"] = timeout_ms
-    return create_async_engine(
-        database_url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_pre_ping=True,
-        json_serializer=_json,
-        json_deserializer=orjson.loads,
-        connect_args={"server_settings": server_settings},
-    )
-
-
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    # Readers (status, tests) never block the writer, nor it them.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
 
 
 def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
@@ -153,9 +136,9 @@ async def advance_offset(
         )
     result = await conn.execute(stmt)
     if result.rowcount != 1:
-        raise FenceError(
-            f"{tp[0]}[{tp[1]}]: stored offset is no longer {expected}; another worker owns it"
-        )
+        # Which way it moved tells what happened (see FenceError).
+        stored = (await conn.execute(select(c.next_offset).where(key))).scalar_one_or_none()
+        raise FenceError(tp, expected, stored)
 
 
 async def insert_rows(
@@ -164,7 +147,7 @@ async def insert_rows(
     """Insert events idempotently, and resource rows for the new ones only;
     with `copy` (PostgreSQL), try COPY first (see `worker.pipeline.inserts`).
     Returns (new events, resource rows, whether the INSERT wrote them)."""
-    resources = [r for row in event_rows for r in rows.resources[row["id"]]]
+    resources = [r for row in event_rows for r in rows.resources[event_key(row)]]
     if copy and conn.dialect.name == "postgresql":
         copied = await copy_events_and_resources(conn, event_rows, resources)
         if copied is not None:
@@ -196,7 +179,7 @@ class Isolation:
                 if classify(exc) is not ErrorKind.DATA:
                     raise
                 if len(part) == 1:
-                    source = self.rows.sources[part[0]["id"]]
+                    source = self.rows.sources[event_key(part[0])]
                     return [Rejection(source, *describe(exc))]
             else:
                 self.events += n_events

@@ -25,17 +25,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core import metrics
 from worker.core.conditions import Conditions
+from worker.core.errors import OperatorNeeded
 from worker.core.leader import Lease, acquire, release
 from worker.core.settings import ENV_PREFIX, ServiceToggle, Settings, replica_id
 from worker.pipeline import event_tables
-from worker.pipeline.database_wait import wait_for_database
-from worker.pipeline.persister import Persister
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine, dispose
+from worker.pipeline.database_wait import (
+    PERSISTER_NEEDS,
+    TRIMMER_NEEDS,
+    Needs,
+    check_before_start,
+    wait_for_database,
+)
+from worker.pipeline.persister import FlushAbandoned, Persister
 from worker.services.group_lag import publish_while_leading
-from worker.services.health_server import router, serve
+from worker.services.health_server import probe_database, router, serve
 from worker.services.retention import Trimmed, trim
 
 logger = logging.getLogger(__name__)
+
+# Closing a pool over a silent network: after this, the OS closes them.
+DISPOSE_TIMEOUT_S = 3.0
 
 
 class CannotStart(Exception):
@@ -49,6 +59,9 @@ class Service(ABC):
     starts_first: ClassVar[bool] = False
     # The services `running` runs now (for signals such as drain).
     current: ClassVar[list[Service]] = []
+    # The database tables and privileges its statements need (checked once
+    # before any service that needs some starts).
+    needs: ClassVar[Needs] = {}
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,7 +108,11 @@ class Service(ABC):
         cls.current = services
         tasks: list[asyncio.Task[None]] = []
         try:
+            checked = False
             for service in services:
+                if not (service.starts_first or checked):
+                    checked = True
+                    await _check_database(settings, services)
                 tasks.append(asyncio.create_task(service.start(), name=service.name))
                 if service.starts_first:
                     await service.started_or_failed(tasks[-1])
@@ -106,10 +123,21 @@ class Service(ABC):
                 await service.stop()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for service, result in zip(services, results, strict=False):
-                quiet = asyncio.CancelledError | CannotStart | event_tables.Unwritable
+                quiet = (
+                    asyncio.CancelledError
+                    | CannotStart
+                    | event_tables.Unwritable
+                    | OperatorNeeded
+                    | FlushAbandoned
+                )
                 failed = isinstance(result, BaseException) and not isinstance(result, quiet)
                 if failed and result is not raising:
                     logger.error("service %s failed: %r", service.name, result)
+            # Stopping by signal raises CancelledError here; an abandoned
+            # flush must still reach the command, which exits 4 for it.
+            for result in results:
+                if isinstance(result, FlushAbandoned) and result is not raising:
+                    raise result
 
     async def started_or_failed(self, task: asyncio.Task[None]) -> None:
         """Wait until started; raise what `task` raised if it ended first."""
@@ -138,10 +166,28 @@ class Service(ABC):
         return True
 
 
+async def _check_database(settings: Settings, services: list[Service]) -> None:
+    """Refuse to start, with one line, what no waiting mends (a refused
+    login, a table not migrated, a privilege not granted), before a service
+    logs its own retries of it."""
+    needs: dict[str, tuple[str, ...]] = {}
+    for service in services:
+        for table, privileges in service.needs.items():
+            needs[table] = tuple(dict.fromkeys((*needs.get(table, ()), *privileges)))
+    if not needs:
+        return
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        await check_before_start(engine, needs, settings.event_tables)
+    finally:
+        await dispose(engine, DISPOSE_TIMEOUT_S)
+
+
 class EventPersister(Service):
     """Consumes the event topics and writes them to the database."""
 
     name = "event_persister"
+    needs = PERSISTER_NEEDS
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -160,14 +206,16 @@ class EventPersister(Service):
 
     async def start(self) -> None:
         s = self.settings
-        engine = create_engine(s.database_url, s.database_pool_size)
+        engine = create_engine(s.database_url, s.database_pool_size, timeout_s=s.database_timeout_s)
         try:
             if await wait_for_database(engine, self._leaving, s.event_tables):
                 await event_tables.check(engine, s)
                 persister = Persister(s, engine)
                 await persister.run(self._leaving, self.started_event)
+                if persister.abandoned:
+                    raise FlushAbandoned(persister.abandoned)
         finally:
-            await engine.dispose()
+            await dispose(engine, min(DISPOSE_TIMEOUT_S, s.shutdown_grace_s * 0.1))
         if not self._stopping.is_set():
             metrics.readiness.joined = False
             metrics.readiness.conditions["persister:drained"] = (
@@ -183,6 +231,7 @@ class RetentionTrimmer(Service):
 
     name = "retention_trimmer"
     lease_name = "retention"
+    needs = TRIMMER_NEEDS
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -220,7 +269,7 @@ class RetentionTrimmer(Service):
                 with contextlib.suppress(SQLAlchemyError, OSError):
                     await release(engine, self.lease)
                     logger.info("handed the retention lease back")
-            await engine.dispose()
+            await dispose(engine, DISPOSE_TIMEOUT_S)
 
     async def _keep_lease(self, engine: AsyncEngine) -> None:
         ttl = self.settings.lease_ttl
@@ -278,11 +327,12 @@ class MetricsServer(Service):
 
     async def start(self) -> None:
         s = self.settings
-        engine = create_engine(s.database_url, pool_size=1)
+        engine = create_engine(s.database_url, pool_size=1, timeout_s=s.database_timeout_s)
         expect_persister = EventPersister.enabled(s)
+        probe = asyncio.create_task(probe_database(engine), name="database probe")
         try:
             try:
-                route = router(engine, expect_persister)
+                route = router(expect_persister)
                 server = await serve(s.metrics_host, s.metrics_port, route)
             except OSError as exc:
                 raise CannotStart(
@@ -296,4 +346,7 @@ class MetricsServer(Service):
                 self.started_event.set()
                 await self._stopping.wait()
         finally:
-            await engine.dispose()
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            await dispose(engine, DISPOSE_TIMEOUT_S)

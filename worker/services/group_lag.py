@@ -22,7 +22,7 @@ from worker.core.conditions import Conditions
 from worker.core.kafka_admin import KafkaView
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
-from worker.operate.status import gather
+from worker.operate.status import consumed_topics, gather
 
 logger = logging.getLogger(__name__)
 # After a failure: 2 s, 4 s, ... up to the publishing interval, jittered.
@@ -30,10 +30,11 @@ RETRY_BASE_S = 1.0
 
 
 async def publish(view: KafkaView, engine: AsyncEngine, settings: Settings, lease: str) -> int:
-    """Set the gauge for every partition of the configured topics (with a
-    pattern: of the topics the group has stored offsets for); returns how
-    many partitions."""
-    status = await gather(view, engine, settings.group_id, list(settings.topics), lease)
+    """Set the gauge for every partition of the topics the group consumes
+    (with a pattern: the topics it matches) and of those it has stored
+    offsets for; returns how many partitions."""
+    topics = await consumed_topics(view, settings)
+    status = await gather(view, engine, settings.group_id, topics, lease)
     for p in status.partitions:
         metrics.group_lag.labels(p.topic, str(p.partition)).set(p.lag)
     return len(status.partitions)

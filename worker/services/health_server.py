@@ -6,6 +6,11 @@
   and no partition has failed to write for `STUCK_AFTER_S`; else 503 with the
   reasons, one per line.
 
+Both answer from state kept in memory, never by waiting on the database or
+Kafka: a probe that hangs with the network would say nothing when it matters
+most. `probe_database` keeps the database's part of that state, checking it
+every `PROBE_EVERY_S` under a deadline.
+
 Plain asyncio streams: three GET routes do not need a web framework.
 """
 
@@ -25,20 +30,32 @@ logger = logging.getLogger(__name__)
 
 STUCK_AFTER_S = 120.0
 DATABASE_CHECK_TIMEOUT_S = 2.0
+PROBE_EVERY_S = 1.0
 READ_TIMEOUT_S = 5.0
 
 Response = tuple[int, str, bytes]
 
 
-async def readiness_problems(engine: AsyncEngine, expect_persister: bool) -> list[str]:
+async def probe_database(engine: AsyncEngine) -> None:
+    """Check the database every PROBE_EVERY_S until cancelled, keeping the
+    outcome in `metrics.readiness.database_problem`."""
+    while True:
+        try:
+            async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S), engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure means "not ready", whatever its kind
+            metrics.readiness.database_problem = f"database unreachable: {type(exc).__name__}"
+        else:
+            metrics.readiness.database_problem = None
+        await asyncio.sleep(PROBE_EVERY_S)
+
+
+def readiness_problems(expect_persister: bool) -> list[str]:
     problems = []
     if expect_persister and not metrics.readiness.joined:
         problems.append("not yet a member of the consumer group")
-    try:
-        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_S), engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception as exc:  # any failure means "not ready", whatever its kind
-        problems.append(f"database unreachable: {type(exc).__name__}")
+    if metrics.readiness.database_problem is not None:
+        problems.append(metrics.readiness.database_problem)
     stuck_s = metrics.readiness.stuck_for()
     if stuck_s >= STUCK_AFTER_S:
         problems.append(f"a partition has failed to write for {stuck_s:.0f} s")
@@ -46,17 +63,17 @@ async def readiness_problems(engine: AsyncEngine, expect_persister: bool) -> lis
     return problems
 
 
-def router(engine: AsyncEngine, expect_persister: bool) -> Callable[[str], Awaitable[Response]]:
+def router(expect_persister: bool) -> Callable[[str], Awaitable[Response]]:
     async def route(path: str) -> Response:
         if path == "/metrics":
             # Readiness as a series too, for alerting on it.
-            problems = await readiness_problems(engine, expect_persister)
+            problems = readiness_problems(expect_persister)
             metrics.ready.set(0 if problems else 1)
             return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            problems = await readiness_problems(engine, expect_persister)
+            problems = readiness_problems(expect_persister)
             body = ("\n".join(problems) or "ready") + "\n"
             return (503 if problems else 200), "text/plain", body.encode()
         return 404, "text/plain", b"not found\n"

@@ -11,7 +11,11 @@ rolled back by the server (`idle_in_transaction_session_timeout`, half the
 lease TTL) before the lease can pass on. Only the detach takes the parent's
 lock, for a catalog change (writers queue behind it; `lock_timeout` bounds
 the wait); dropping the files holds nobody up. A table left `..._expired` by
-a trim that stopped in between is dropped by the next.
+a trim that stopped in between is dropped by the next. A partition whose lock
+is not obtained within LOCK_TIMEOUT (a reader holds it) is skipped by this
+trim, which goes on with the others, and tried again by the next: one
+WARNING while that lasts, one INFO when it is dropped at last, and
+`persister_trim_lock_timeouts_total` counts each time.
 
 The files go in steps, each index and then each table in a fenced
 transaction of its own, with a pause after each step four times as long as
@@ -47,6 +51,7 @@ from schemas.partitions import (
     gaps,
 )
 from schemas.tables import event_resources, events
+from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.core.leader import Lease, lock_if_held
 from worker.core.settings import Settings
@@ -75,6 +80,8 @@ TABLES = {"events": events, "event_resources": event_resources}
 _copies: dict[str, Table] = {}
 
 crowded = Conditions("partitions", unready=False)
+# Expired partitions a trim could not lock, by name (see the docstring).
+busy = Conditions("trim_locks", unready=False)
 
 
 @dataclass(frozen=True)
@@ -168,40 +175,92 @@ async def drop_expired(
     `cutoff`, while `lease` is held; returns the events partitions dropped.
     Each is detached in one short transaction (the only step that holds
     writers up) and its files are removed in paced steps after it; one left
-    detached by a trim that stopped in between is dropped first.
+    detached by a trim that stopped in between is dropped first. One whose
+    lock is not obtained in time is left to the next trim.
     `pause_factor`: see PAUSE_FACTOR."""
     async with engine.connect() as conn:
         by_table = {t: await partitions(conn, t) for t in PARTITIONED}
         leftovers = [str(name) for name in (await conn.execute(text(EXPIRED_SQL))).scalars()]
-    if leftovers and await _remove(engine, lease, leftovers, pause_factor) is None:
+    if leftovers and not await _remove_leftovers(engine, lease, leftovers, pause_factor):
         return []
     dropped = []
     for partition in by_table["events"]:
         if partition.range.end > cutoff:
             break
         twins = [p.name for p in by_table["event_resources"] if p.range == partition.range]
-        names = [partition.name, *twins]
-        started = time.monotonic()
-        detached = await _fenced(engine, lease, [sql for n in names for sql in _detach_sql(n)])
-        detach_s = time.monotonic() - started
-        expired = [expired_name(n) for n in names]
-        steps = await _remove(engine, lease, expired, pause_factor) if detached else None
-        if steps is None:
+        try:
+            done = await _drop(engine, lease, [partition.name, *twins], pause_factor)
+        except DBAPIError as exc:
+            if not _lock_not_available(exc):
+                raise
+            _skipped(partition.name)
+            continue
+        if done is None:
             logger.info("no longer leading: dropping partitions stopped")
             break
-        dropped.append(Dropped(partition.name, detach_s, tuple(steps)))
-        logger.info(
-            "dropped expired partition %s and its event_resources twin (detached in "
-            "%.3f s; files removed in %d steps, %.3f s in all, the longest %.3f s, "
-            "over %.1f s)",
-            partition.name,
-            detach_s,
-            len(steps),
-            sum(steps),
-            max(steps),
-            time.monotonic() - started - detach_s,
-        )
+        busy.clear(partition.name, f"expired partition {partition.name} dropped at last")
+        dropped.append(done)
     return dropped
+
+
+async def _drop(
+    engine: AsyncEngine, lease: Lease | None, names: list[str], pause_factor: float
+) -> Dropped | None:
+    """Detach an events partition and its twins, then remove their files;
+    None when the lease was lost."""
+    started = time.monotonic()
+    detached = await _fenced(engine, lease, [sql for n in names for sql in _detach_sql(n)])
+    detach_s = time.monotonic() - started
+    expired = [expired_name(n) for n in names]
+    steps = await _remove(engine, lease, expired, pause_factor) if detached else None
+    if steps is None:
+        return None
+    logger.info(
+        "dropped expired partition %s and its event_resources twin (detached in "
+        "%.3f s; files removed in %d steps, %.3f s in all, the longest %.3f s, "
+        "over %.1f s)",
+        names[0],
+        detach_s,
+        len(steps),
+        sum(steps),
+        max(steps),
+        time.monotonic() - started - detach_s,
+    )
+    return Dropped(names[0], detach_s, tuple(steps))
+
+
+async def _remove_leftovers(
+    engine: AsyncEngine, lease: Lease | None, names: list[str], pause_factor: float
+) -> bool:
+    """Drop the tables a stopped trim left detached; False when the lease
+    was lost. One that is locked is left for the next trim."""
+    for name in names:
+        original = name.removesuffix("_expired")
+        try:
+            if await _remove(engine, lease, [name], pause_factor) is None:
+                return False
+        except DBAPIError as exc:
+            if not _lock_not_available(exc):
+                raise
+            _skipped(original)
+            continue
+        busy.clear(original, f"expired partition {original} dropped at last")
+    return True
+
+
+def _lock_not_available(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
+def _skipped(name: str) -> None:
+    metrics.trim_lock_timeouts.inc()
+    busy.raise_(
+        name,
+        f"expired partition {name} not dropped: its lock was not obtained within "
+        f"{LOCK_TIMEOUT} (a long transaction reads it); the rest of the trim goes on and "
+        "the next trim tries again",
+        logging.WARNING,
+    )
 
 
 async def _remove(

@@ -75,7 +75,7 @@ def test_defaults_validate(secrets: Path) -> None:
     assert s.max_resource_id_bytes == 1024
     assert s.naive_timestamps == "utc"
     assert s.shutdown_grace_s == 30.0
-    assert s.rebalance_flush_timeout_s == 10.0
+    assert (s.rebalance_flush_timeout_s, s.revoke_budget_s) == (None, 10.0)
     assert s.log_level == "INFO"
     assert s.services == ServicesSettings(event_persister=ServiceToggle(enabled=True))
 
@@ -356,14 +356,30 @@ def test_session_timeout_below_max_poll_interval_is_accepted(secrets: Path) -> N
     assert (s.session_timeout_s, s.max_poll_interval_s) == (59.5, 60)
 
 
-def test_rebalance_flush_timeout_must_be_below_max_poll_interval(secrets: Path) -> None:
-    assert errors(secrets, rebalance_flush_timeout_s=20, max_poll_interval_s=20) == [
+def test_rebalance_flush_timeout_must_be_below_session_timeout(secrets: Path) -> None:
+    # The coordinator's wait for a rejoin is the session timeout, not the
+    # max poll interval: a revoke longer than it is dropped from the group.
+    assert errors(secrets, rebalance_flush_timeout_s=20, session_timeout_s=20) == [
         (
             (),
             "value_error",
             "Value error, PERSISTER_REBALANCE_FLUSH_TIMEOUT_S must be below "
-            "PERSISTER_MAX_POLL_INTERVAL_S",
+            "PERSISTER_SESSION_TIMEOUT_S",
         )
+    ]
+    s = load(secrets, rebalance_flush_timeout_s=19.5, session_timeout_s=20)
+    assert s.revoke_budget_s == 19.5
+    # Unset, it stays within a short session timeout by itself.
+    assert load(secrets, session_timeout_s=6).revoke_budget_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("database_timeout_s", 0.5), ("kafka_timeout_s", 0), ("stall_warn_s", 0)],
+)
+def test_deadlines_must_be_positive(secrets: Path, name: str, value: float) -> None:
+    assert [e[:2] for e in errors(secrets, **{name: value})] == [
+        ((name,), "greater_than_equal" if name != "stall_warn_s" else "greater_than")
     ]
 
 

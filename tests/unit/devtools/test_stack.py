@@ -50,3 +50,23 @@ def test_every_node_of_a_cluster_votes_and_replicates(
     expected = ",".join(f"127.0.0.1:{cluster.port(n)}" for n in cluster.nodes)
     assert cluster.bootstrap() == expected
     assert len({cluster.node_dir(n) for n in cluster.nodes}) == brokers
+
+
+def test_with_a_proxy_the_broker_advertises_the_proxy(tmp_path: Path) -> None:
+    ports = {"kafka": 9001, "controller": 9002, "sasl": 9003, "kafka-proxy": 9004}
+    cluster = stack_kafka.KafkaCluster(tmp_path, ports, 1, {})
+    config = properties(Path(cluster._write_config(1)).read_text())
+    assert config["listeners"].startswith("PLAINTEXT://127.0.0.1:9001,")
+    assert config["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:9004,SASL_PLAINTEXT://127.0.0.1:9003"
+    )
+    assert cluster.bootstrap() == "127.0.0.1:9004"
+    assert cluster.bootstrap(sasl=True) == "127.0.0.1:9003"
+
+
+@pytest.mark.parametrize(("brokers", "database_url"), [(3, None), (1, "postgresql://x@h/db")])
+def test_proxies_need_one_broker_and_the_stacks_own_database(
+    tmp_path: Path, brokers: int, database_url: str | None
+) -> None:
+    with pytest.raises(stack.StackError, match="proxies need one broker"):
+        stack.LocalStack(tmp_path, database_url, brokers, proxy=True)

@@ -138,8 +138,9 @@ class Outbox(DeadLetterPublisher):
     def _new_producer(self) -> Any:
         return next(self.fresh)
 
-    async def _unmarked(self, tp: tuple[str, int]) -> list[Row[Any]]:
-        return cast(list[Row[Any]], list(self.rows))
+    async def _pages(self, tp: tuple[str, int]) -> AsyncIterator[list[Row[Any]]]:
+        if self.rows:
+            yield cast(list[Row[Any]], list(self.rows))
 
     async def _mark(self, ids: list[int]) -> None:
         self.rows = [row for row in self.rows if row.id not in ids]
@@ -188,11 +189,12 @@ class Hanging(Outbox):
         super().__init__(producers)
         self.reads = 0
 
-    async def _unmarked(self, tp: tuple[str, int]) -> list[Row[Any]]:
+    async def _pages(self, tp: tuple[str, int]) -> AsyncIterator[list[Row[Any]]]:
         self.reads += 1
         if self.reads == 1:
             await asyncio.Event().wait()
-        return await super()._unmarked(tp)
+        async for page in super()._pages(tp):
+            yield page
 
 
 async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(

@@ -263,7 +263,7 @@ def test_resource_rows_are_the_primary_and_each_distinct_related_role_and_id() -
     ]
     rows = to_rows([record(raw(related=related))], LIMITS, MAX)
     assert rows.resources == {
-        ID_A: [
+        (ID_A, OCCURRED): [
             resource_row("", "prefect.flow-run.1", {}),
             resource_row("tag", "a", {}),
             resource_row("flow", "a", {"name": "kept"}),
@@ -279,7 +279,7 @@ def test_resource_rows_keep_every_label_but_the_id_and_the_role() -> None:
     resource = {RESOURCE_ID: "r", RESOURCE_ROLE: "odd", "prefect.resource.name": "n", "k": "v"}
     related = [rel("a", "flow", **{"prefect.resource.name": "f"})]
     rows = to_rows([record(raw(resource=resource, related=related))], LIMITS, MAX)
-    assert rows.resources[ID_A] == [
+    assert rows.resources[(ID_A, OCCURRED)] == [
         resource_row("", "r", {"prefect.resource.name": "n", "k": "v"}),
         resource_row("flow", "a", {"prefect.resource.name": "f"}),
     ]
@@ -290,7 +290,7 @@ def test_resource_rows_keep_every_label_but_the_id_and_the_role() -> None:
 
 def test_an_event_without_related_has_one_resource_row() -> None:
     rows = to_rows([record(raw())], LIMITS, MAX)
-    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[ID_A]] == [
+    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[(ID_A, OCCURRED)]] == [
         ("", "prefect.flow-run.1")
     ]
 
@@ -347,8 +347,8 @@ def test_duplicate_ids_in_a_batch_give_one_event_row_and_the_first_wins() -> Non
         (ID_A, "first"),
         (ID_B, "prefect.flow-run.Completed"),
     ]
-    assert list(rows.resources) == [ID_A, ID_B]
-    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[ID_A]] == [
+    assert list(rows.resources) == [(ID_A, OCCURRED), (ID_B, OCCURRED)]
+    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[(ID_A, OCCURRED)]] == [
         ("", "prefect.flow-run.1"),
         ("tag", "x"),
     ]

@@ -49,7 +49,10 @@ INDEXES = {
     },
     "event_resources": {"ix_event_resources__resource_id_occurred"},
     "persister_consumer_offsets": set(),
-    "persister_dead_letters": {"ix_persister_dead_letters__group_id_topic_partition_offset"},
+    "persister_dead_letters": {
+        "ix_persister_dead_letters__group_id_topic_partition_offset",
+        "ix_persister_dead_letters__unpublished",
+    },
     "persister_leader_leases": set(),
     "persister_partition_controls": set(),
     "persister_seen_messages": {"ix_persister_seen_messages__seen"},
@@ -170,6 +173,7 @@ def test_migrations_form_one_line_of_history() -> None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     assert len(script.get_heads()) == 1
     assert [r.revision for r in script.walk_revisions()] == [
+        "0009",
         "0008",
         "0007",
         "0006",

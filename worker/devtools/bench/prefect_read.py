@@ -49,9 +49,9 @@ from worker.devtools.bench.results import write_steps
 from worker.devtools.bench.server import ServerCpu
 from worker.devtools.loadgen import encode, make_event
 from worker.devtools.prefect_server import PREFECT_BIN, PrefectServer, database_upgrade, prefect_env
+from worker.pipeline.connections import create_engine
 from worker.pipeline.decoding import event_row, resource_rows
 from worker.pipeline.inserts import copy_events_and_resources
-from worker.pipeline.storage import create_engine
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from worker.devtools.bench import db, server
 from worker.devtools.bench.reference import BATCH_ROWS, delete_from_oldest
 from worker.devtools.bench.results import write_steps
 from worker.devtools.bench.server import ServerCpu
-from worker.pipeline.storage import create_engine
+from worker.pipeline.connections import create_engine
 from worker.services import retention, time_partitions
 
 log = logging.getLogger(__name__)
