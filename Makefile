@@ -72,7 +72,7 @@ test: lint prefect-venv ## Lint, unit and integration tests (all but the cluster
 	$(BIN)/pytest -m "not cluster and not faults"
 
 .PHONY: test-faults
-test-faults: install ## A network to PostgreSQL or Kafka gone silent mid-run (about 5 minutes)
+test-faults: install ## Networks to PostgreSQL or Kafka gone silent mid-run, and a database failover (about 7 minutes)
 	$(BIN)/pytest -m faults
 
 .PHONY: test-cluster

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import pytest
 from sqlalchemy import text
@@ -24,8 +25,9 @@ from tests.integration.support import (
     wait_persisted,
     wait_until,
 )
-from worker.core import metrics
+from worker.core import database_url, metrics
 from worker.devtools.loadgen import messages
+from worker.devtools.net_proxy import NetProxy
 from worker.devtools.stack import StackInfo
 from worker.pipeline.connections import create_engine
 from worker.pipeline.persister import Persister
@@ -154,3 +156,25 @@ async def test_database_connections_carry_the_deadlines(stack_info: StackInfo) -
         await engine.dispose()
     assert shown == ["7s", "3500ms", "7s"]
     assert options == [1, 10, 7000]
+
+
+async def test_a_failover_url_skips_a_host_gone_silent(stack_info: StackInfo) -> None:
+    real = make_url(stack_info.database_url)
+    assert real.host is not None and real.port is not None
+    with NetProxy((real.host, real.port)) as silent:
+        silent.freeze()  # accepts, never answers: a primary whose network dropped
+        url = database_url.normalize(
+            f"postgresql://{real.username}@127.0.0.1:{silent.port},{real.host}:{real.port}"
+            f"/{real.database}?target_session_attrs=read-write"
+        )
+        engine = create_engine(url, 1, timeout_s=4.0)
+        try:
+            started = time.monotonic()
+            async with engine.connect() as conn:
+                port = (await conn.execute(text("SELECT inet_server_port()"))).scalar_one()
+            took_s = time.monotonic() - started
+        finally:
+            await engine.dispose()
+    # The silent host had its share of the connect timeout (2 s), not all of it.
+    assert port == real.port
+    assert 1.5 < took_s < 3.5, took_s

@@ -65,10 +65,11 @@ async def _services_until_signalled(settings: Settings) -> None:
     grace_s = settings.shutdown_grace_s
 
     def stop() -> None:
-        if not task.cancelling():
-            # The services keep within the grace; this is the promise kept
-            # if something in them does not.
-            loop.call_later(grace_s, _give_up, grace_s)
+        if task.cancelling():
+            return  # once: a second signal would cut the last flush short
+        # The services keep within the grace; this is the promise kept if
+        # something in them does not.
+        loop.call_later(grace_s, _give_up, grace_s)
         task.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ import logging
 import socket
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -20,6 +21,7 @@ def _json(value: Any) -> str:
 
 
 SQLITE_BUSY_TIMEOUT_S = 30
+DEFAULT_CONNECT_TIMEOUT_S = 60.0  # asyncpg's
 # TCP keepalive on database connections: an idle connection whose peer
 # vanished without a reset is found out in about 10 + 3 * 5 s.
 KEEPALIVE_IDLE_S = 10
@@ -72,11 +74,41 @@ def create_engine(
         json_deserializer=orjson.loads,
         connect_args=connect_args,
     )
+    # Each host of a failover URL gets its own try (see `_each_host`).
+    event.listen(engine.sync_engine, "do_connect", _each_host_connects)
     user_timeout_ms = int((timeout_s or 0) * 1000)
     event.listen(
         engine.sync_engine, "connect", lambda conn, _: _tcp_deadlines(conn, user_timeout_ms)
     )
     return engine
+
+
+def _each_host_connects(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    cparams["async_creator_fn"] = _each_host
+
+
+async def _each_host(**params: Any) -> Any:
+    """Connect to the first host of the URL that answers as asked
+    (`target_session_attrs`), each within its share of the connect timeout.
+    asyncpg tries them in turn under one deadline, so a primary gone silent
+    (no reset) would use all of it and the promoted standby would never be
+    tried. The error is the last host's, as asyncpg's."""
+    hosts, ports = params.get("host"), params.get("port")
+    if not isinstance(hosts, list) or len(hosts) < 2:
+        return await asyncpg.connect(**params)
+    if not isinstance(ports, list):
+        ports = [ports] * len(hosts)
+    share_s = params.get("timeout", DEFAULT_CONNECT_TIMEOUT_S) / len(hosts)
+    last: BaseException | None = None
+    for host, port in zip(hosts, ports, strict=True):
+        try:
+            return await asyncpg.connect(
+                **{**params, "host": host, "port": port, "timeout": share_s}
+            )
+        except (OSError, asyncpg.TargetServerAttributeNotMatched) as exc:  # TimeoutError too
+            last = exc
+    assert last is not None
+    raise last
 
 
 def _ms(seconds: float) -> str:

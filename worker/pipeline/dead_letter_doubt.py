@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.core.topic_partition import TP
@@ -21,6 +21,9 @@ from worker.core.topic_partition import TP
 # Offsets remembered as sent per partition; past it, the lower half is
 # forgotten (bounded memory; those rows are then only covered by `recheck`).
 SENT_KEPT = 100_000
+# A look on the topic starts this long before the first send of the rows in
+# doubt (a record's timestamp is taken by the producer, a little later).
+LOOK_MARGIN = timedelta(seconds=30)
 
 
 @dataclass
@@ -32,6 +35,8 @@ class _Partition:
     sent: set[int] = field(default_factory=set)
     # The highest offset handed to the producer, answered or not.
     tried: int = -1
+    # When each offset was first handed to the producer (bounded as `sent`).
+    tried_at: dict[int, datetime] = field(default_factory=dict)
     # Rows at or below this offset may be on the topic already (see `recheck`).
     doubt: int = -1
 
@@ -51,6 +56,9 @@ class Doubts:
     def tried(self, tp: TP, offset: int) -> None:
         if (p := self._partitions.get(tp)) is not None:
             p.tried = max(p.tried, offset)
+            p.tried_at.setdefault(offset, datetime.now(UTC))
+            if len(p.tried_at) > SENT_KEPT:
+                p.tried_at = dict(sorted(p.tried_at.items())[SENT_KEPT // 2 :])
 
     def sent(self, tp: TP, offsets: Iterable[int]) -> None:
         if (p := self._partitions.get(tp)) is None:
@@ -71,6 +79,13 @@ class Doubts:
         p = self._partitions.get(tp)
         if p is None:
             return None
-        if any(row.offset <= p.doubt or row.offset in p.sent for row in rows):
+        doubtful = [r.offset for r in rows if r.offset <= p.doubt or r.offset in p.sent]
+        if not doubtful:
+            return None
+        # From their first send, not from when the partition was taken (maybe
+        # days ago, on a busy topic more than a look can read in time).
+        first = [p.tried_at.get(offset) for offset in doubtful]
+        known = [t for t in first if t is not None]
+        if len(known) < len(first):
             return p.since
-        return None
+        return max(p.since, min(known) - LOOK_MARGIN)

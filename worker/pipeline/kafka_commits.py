@@ -68,8 +68,13 @@ class KafkaCommits:
         deadline = time.monotonic() + timeout_s
         if self._task is not None and not self._task.done():
             await asyncio.wait({self._task}, timeout=max(0.0, timeout_s))
-        if (left_s := deadline - time.monotonic()) > 0:
-            await self._commit(left_s)
+        if (left_s := deadline - time.monotonic()) > 0 and (
+            self._task is None or self._task.done()
+        ):
+            # The one commit in flight, as `due` starts them: never two at
+            # once, so the committed offsets never go back.
+            self._task = asyncio.create_task(self._commit(left_s))
+            await asyncio.wait({self._task})
 
     async def _commit(self, timeout_s: float) -> None:
         if not self.uncommitted:

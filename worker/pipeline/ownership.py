@@ -73,19 +73,24 @@ class Ownership:
             for tp in pending:
                 self._failed(tp, "loading offsets", exc)
             return
+        # One deadline for all the seeks (only a partition with no stored
+        # offset asks the broker): a silent one holds the loop up once.
+        deadline = asyncio.get_running_loop().time() + self.settings.kafka_timeout_s
         for tp in pending:
             state = self.owned.get(tp)
             if state is None:
                 continue
             offset = stored.get(tp)
+            ktp = TopicPartition(*tp)
             try:
-                async with asyncio.timeout(self.settings.kafka_timeout_s):
-                    await seek_stored(self.consumer, TopicPartition(*tp), offset, self.settings)
-            except TimeoutError as exc:  # the broker does not answer
-                self._failed(tp, "seeking to the stored offset", exc)
-                continue
-            except KafkaError as exc:  # revoked while the offsets were loading
-                logger.info("%s[%d]: seek skipped: %r", *tp, exc)
+                async with asyncio.timeout_at(deadline):
+                    await seek_stored(self.consumer, ktp, offset, self.settings)
+            except (TimeoutError, KafkaError) as exc:
+                if isinstance(exc, TimeoutError) or ktp in self.consumer.assignment():
+                    self._failed(tp, "seeking to the stored offset", exc)
+                else:  # revoked while the offsets were loading
+                    logger.info("%s[%d]: seek skipped: %r", *tp, exc)
+                    self.stalls.end(LOADING, key(tp), time.monotonic())
                 continue
             self.stalls.end(LOADING, key(tp), time.monotonic())
             self.retries.succeeded(tp)
@@ -158,6 +163,7 @@ class Ownership:
             self.fetching.forget(tp)
             self.retries.succeeded(tp)
             self.watchdog.forget(tp)
+            self.commits.forget(tp)
             with contextlib.suppress(KeyError):
                 metrics.lag.remove(tp[0], str(tp[1]))
         if mine:

@@ -51,6 +51,9 @@ class Retries:
         wording = f"{doing} failed: {type(exc).__name__}" + (
             f": {first_line}" if first_line else ""
         )
+        if self._failing.get(tp) not in (None, wording):
+            # Failing otherwise now: the old failure ends without a "works again".
+            self._end(tp, said=False)
         self._failing[tp] = wording
         if wording in self._transient or wording in self._needs_operator:
             return
@@ -64,8 +67,12 @@ class Retries:
 
     def succeeded(self, tp: TP) -> None:
         """`tp` did what failed (or left): a failure no other partition has is over."""
+        self._end(tp, said=True)
+
+    def _end(self, tp: TP, said: bool) -> None:
         wording = self._failing.pop(tp, None)
         if wording is None or wording in self._failing.values():
             return
+        resolved = f"{wording.split(' failed: ')[0]} works again" if said else None
         for conditions in (self._transient, self._needs_operator):
-            conditions.clear(wording, f"{wording.split(' failed: ')[0]} works again")
+            conditions.clear(wording, resolved)

@@ -64,7 +64,8 @@ class FenceError(Exception):
         else:
             text = (
                 f"{where}: stored offset is no longer {expected} but {stored}; "
-                "another worker owns it"
+                "another worker owns it (or this worker's last commit went through "
+                "and its answer was lost)"
             )
         super().__init__(text)
 

@@ -82,8 +82,13 @@ class Watchdog:
         fetching: dict[str, float] = {}
         if now - self._polled_at < 2 * WATCH_EVERY_S:
             consumer = self._consumer()
-            for tp, resumed in self._fetching_since.items():
-                answered_ms = consumer.last_poll_timestamp(TopicPartition(*tp))
+            assigned = consumer.assignment()
+            for tp, resumed in list(self._fetching_since.items()):
+                ktp = TopicPartition(*tp)
+                if ktp not in assigned:  # e.g. its topic deleted, before the revoke
+                    del self._fetching_since[tp]
+                    continue
+                answered_ms = consumer.last_poll_timestamp(ktp)
                 last = resumed if answered_ms is None else now - (wall - answered_ms / 1000)
                 fetching[key(tp)] = max(resumed, last)
         self.stalls.observe(FETCHING, fetching, now)

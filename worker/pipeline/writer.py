@@ -73,8 +73,14 @@ class BatchWriter:
     ) -> Written:
         group = self.settings.group_id
         copy = tp not in self._duplicates
+        # One deadline per transaction, not only per statement. If it passes
+        # while the commit was under way, the fence of the retry tells.
+        timeout_s = self.settings.database_timeout_s
         try:
-            return await write_batch(self.engine, group, tp, expected, next_offset, rows, copy=copy)
+            async with asyncio.timeout(timeout_s):
+                return await write_batch(
+                    self.engine, group, tp, expected, next_offset, rows, copy=copy
+                )
         except SQLAlchemyError as exc:
             if classify(exc) is not ErrorKind.DATA:
                 raise
@@ -82,4 +88,7 @@ class BatchWriter:
             logger.warning(
                 "%s[%d]: database rejected a row (%s: %s); isolating", *tp, code, message
             )
-        return await write_batch(self.engine, group, tp, expected, next_offset, rows, isolate=True)
+        async with asyncio.timeout(timeout_s):
+            return await write_batch(
+                self.engine, group, tp, expected, next_offset, rows, isolate=True
+            )

@@ -206,7 +206,10 @@ class EventPersister(Service):
 
     async def start(self) -> None:
         s = self.settings
-        engine = create_engine(s.database_url, s.database_pool_size, timeout_s=s.database_timeout_s)
+        # One connection more than the writers take: offset loads and control
+        # reads never wait behind a slow batch (and time out for it).
+        pool_size = s.database_pool_size + 1
+        engine = create_engine(s.database_url, pool_size, timeout_s=s.database_timeout_s)
         try:
             if await wait_for_database(engine, self._leaving, s.event_tables):
                 await event_tables.check(engine, s)
@@ -241,6 +244,14 @@ class RetentionTrimmer(Service):
         self.renewal = Conditions("lease", unready=False)
         self.lease: Lease | None = None
         self.last_trim: Trimmed | None = None
+        self._trimming: asyncio.Task[Trimmed] | None = None
+
+    async def stop(self) -> None:
+        await super().stop()
+        # A trim under way is given up (its current batch rolls back; the
+        # next leader trims again): stopping keeps the shutdown grace.
+        if self._trimming is not None:
+            self._trimming.cancel()
 
     async def start(self) -> None:
         # Three connections: the lease, a trim, the group's lag. A leader
@@ -248,7 +259,10 @@ class RetentionTrimmer(Service):
         # back by the server: by the time another replica leads, it is gone.
         ttl_s = self.settings.lease_ttl.total_seconds()
         engine = create_engine(
-            self.settings.database_url, pool_size=3, idle_in_transaction_s=ttl_s / 2
+            self.settings.database_url,
+            pool_size=3,
+            idle_in_transaction_s=ttl_s / 2,
+            timeout_s=self.settings.database_timeout_s,
         )
         # Cancelled, not stopped: a call to an unreachable broker may hang.
         lag = asyncio.create_task(
@@ -266,8 +280,9 @@ class RetentionTrimmer(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await lag
             if self.lease is not None:
-                with contextlib.suppress(SQLAlchemyError, OSError):
-                    await release(engine, self.lease)
+                with contextlib.suppress(SQLAlchemyError, OSError):  # TimeoutError too
+                    async with asyncio.timeout(DISPOSE_TIMEOUT_S):
+                        await release(engine, self.lease)
                     logger.info("handed the retention lease back")
             await dispose(engine, DISPOSE_TIMEOUT_S)
 
@@ -302,8 +317,14 @@ class RetentionTrimmer(Service):
             else:
                 wait_s = s.trim_every.total_seconds()
                 started = time.monotonic()
+                self._trimming = asyncio.create_task(trim(engine, s, lease))
                 try:
-                    self.last_trim = await trim(engine, s, lease)
+                    self.last_trim = await self._trimming
+                except asyncio.CancelledError:
+                    if self._trimming.cancelled() and self._stopping.is_set():
+                        logger.info("stopping: the trim under way is given up")
+                        return
+                    raise
                 except (SQLAlchemyError, OSError) as exc:
                     logger.warning("trim failed: %r; next try in %.0f s", exc, wait_s)
                 else:

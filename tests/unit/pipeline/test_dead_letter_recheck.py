@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.settings import Settings
 from worker.pipeline import dead_letter_sender
-from worker.pipeline.dead_letter_doubt import SENT_KEPT, Doubts
+from worker.pipeline.dead_letter_doubt import LOOK_MARGIN, SENT_KEPT, Doubts
 from worker.pipeline.dead_letter_sender import DeadLetterPublisher
 from worker.pipeline.dead_letter_topic import Target
 
@@ -158,3 +158,19 @@ def test_a_fence_puts_in_doubt_every_offset_tried_and_no_later_one() -> None:
     back_to = doubts.look_back(TP, [SimpleNamespace(offset=12), SimpleNamespace(offset=40)])
     assert back_to is not None and before <= back_to <= datetime.now(UTC)
     assert doubts.look_back(TP, [SimpleNamespace(offset=41)]) is None
+
+
+def test_a_look_for_rows_in_doubt_starts_at_their_first_send() -> None:
+    doubts = Doubts()
+    doubts.began(TP)
+    taken = datetime.now(UTC) - timedelta(days=2)  # owned for two days
+    doubts._partitions[TP].since = taken
+    doubts.tried(TP, 5)
+    first_send = doubts._partitions[TP].tried_at[5]
+    doubts.recheck(TP)
+    rows = [SimpleNamespace(offset=5), SimpleNamespace(offset=9)]
+    assert doubts.look_back(TP, rows) == first_send - LOOK_MARGIN
+    # A row in doubt with no send remembered: from when the partition was taken.
+    doubts.sent(TP, [3])
+    assert doubts.look_back(TP, [SimpleNamespace(offset=3)]) == taken
+    assert doubts.look_back(TP, [SimpleNamespace(offset=9)]) is None
