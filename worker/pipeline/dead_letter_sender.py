@@ -133,6 +133,12 @@ class DeadLetterPublisher:
         the topic before being sent (see `worker.pipeline.dead_letter_doubt`)."""
         self.doubts.recheck(tp)
 
+    async def finish(self, timeout_s: float) -> None:
+        """Stopping: give the senders at work up to `timeout_s` to send what
+        they were asked to (what they do not is sent by the next owner)."""
+        if running := [task for task in self._senders.values() if not task.done()]:
+            await asyncio.wait(running, timeout=timeout_s)
+
     async def release(self, tp: TP, timeout_s: float) -> None:
         """The partition is being revoked: let its sender finish (so the next
         owner does not send the same records), or stop it at the deadline."""

@@ -209,7 +209,7 @@ class Persister(Ownership):
         if self._crashed is None:  # else writing again would fail again
             await self._drain(grace_s * DRAIN_SHARE)
             commit_s = min(self.settings.kafka_timeout_s, grace_s * COMMIT_SHARE)
-            await self.commits.now(commit_s)
+            await asyncio.gather(self.commits.now(commit_s), self.dead_letters.finish(commit_s))
         await self._leave(started + grace_s * (DRAIN_SHARE + COMMIT_SHARE + LEAVE_SHARE))
 
     def _start_due_flushes(self) -> None:
