@@ -87,12 +87,14 @@ class KafkaCommits:
                 offsets = {TopicPartition(*tp): o for tp, o in pending.items()}
                 await self._consumer().commit(offsets)
         except (KafkaError, TimeoutError) as exc:
-            self._failing.raise_(
-                "commit",
-                f"Kafka offset commit skipped: {exc!r}; retried with the next one (the "
-                "database holds the offsets)",
-                logging.INFO,
-            )
+            # Once while it lasts, whatever each failure's words.
+            if "commit" not in self._failing:
+                self._failing.raise_(
+                    "commit",
+                    f"Kafka offset commit skipped: {exc!r}; retried with the next one (the "
+                    "database holds the offsets)",
+                    logging.INFO,
+                )
             for tp, offset in pending.items():  # unless newer ones came meanwhile
                 if tp in self._owned:
                     self.uncommitted.setdefault(tp, offset)
