@@ -62,3 +62,13 @@ def accepts(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def runs(pid: int, *args: str) -> bool:
+    """Whether process `pid` has all of `args` on its command line: a pid
+    read from an old stack.json may have been recycled by another process."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(arg in cmdline for arg in args)

@@ -25,7 +25,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from worker.devtools.stack_files import StackError, cache_dir, read_since, tail
+from worker.devtools.stack_files import StackError, cache_dir, read_since, runs, tail
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,7 @@ class KafkaCluster:
         pid = self.pids.get(node)
         if pid is None:
             return False
-        # Checking the command line guards against a recycled pid from an old stack.json.
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except (OSError, UnicodeDecodeError):
-            return False
-        return "kafka.Kafka" in args and str(self.node_dir(node) / "server.properties") in args
+        return runs(pid, "kafka.Kafka", str(self.node_dir(node) / "server.properties"))
 
     def any_alive(self) -> bool:
         return any(self.alive(n) for n in self.nodes)

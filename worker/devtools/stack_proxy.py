@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from worker.devtools.net_proxy import send_command, wait_answering
-from worker.devtools.stack_files import StackError, tail
+from worker.devtools.stack_files import StackError, runs, tail
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,7 @@ class StackProxies:
         pid = self.pids.get(service)
         if pid is None:
             return False
-        # The command line guards against a recycled pid from an old stack.json.
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except (OSError, UnicodeDecodeError):
-            return False
-        return "worker.devtools.net_proxy" in args and str(self.control(service)) in args
+        return runs(pid, "worker.devtools.net_proxy", str(self.control(service)))
 
     def any_alive(self) -> bool:
         return any(self.alive(s) for s in SERVICES)
