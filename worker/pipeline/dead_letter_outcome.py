@@ -22,6 +22,7 @@ RETRY_BASE_S, RETRY_CAP_S = 0.5, 5.0  # waits up to 1 s, 2 s, 4 s, then 5 s
 class Inflight:
     """A send no attempt has seen answered yet."""
 
+    tp: TP
     record: Outgoing
     future: asyncio.Future[Any]
     sent_at: float

@@ -48,13 +48,9 @@ from worker.pipeline.dead_letter_outcome import (
     report,
     unfit_reason,
 )
-from worker.pipeline.dead_letter_records import (
-    dead_letter_topic,
-    fitted,
-    request_bytes,
-    unpublished_pages,
-)
-from worker.pipeline.dead_letter_topic import Target, abandon, already_sent, prepare
+from worker.pipeline.dead_letter_producer import new_producer, retire, started
+from worker.pipeline.dead_letter_records import dead_letter_topic, fitted, unpublished_pages
+from worker.pipeline.dead_letter_topic import Target, already_sent, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +97,8 @@ class DeadLetterPublisher:
         self._wanted: set[TP] = set()
         # Partitions whose leftovers from a previous owner were checked.
         self._checked: set[TP] = set()
+        # Partitions being revoked: their sender hands nothing more to the producer.
+        self._letting_go: set[TP] = set()
         # What this worker sent of each partition, and what is in doubt.
         self.doubts = Doubts()
         # Dead letters the broker refused whole: they go reduced next time.
@@ -141,21 +139,53 @@ class DeadLetterPublisher:
 
     async def release(self, tp: TP, timeout_s: float) -> None:
         """The partition is being revoked: let its sender finish (so the next
-        owner does not send the same records), or stop it at the deadline."""
+        owner does not send the same records), or stop it at the deadline;
+        then wait until what it handed to the producer is answered."""
         self._wanted.discard(tp)
-        self._checked.discard(tp)
-        self.doubts.release(tp)
-        task = self._senders.get(tp)
-        if task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            # Gone before returning: a sender still cancelling would take the
-            # place of the one an immediate re-assignment starts.
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        self._letting_go.add(tp)
+        try:
+            task = self._senders.get(tp)
+            if task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), timeout_s)
+                # Gone before returning: a sender still cancelling would take the
+                # place of the one an immediate re-assignment starts.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await self._settle(tp)
+        finally:
+            self._letting_go.discard(tp)
+            # Not before the sender is gone (it marks the partition checked as
+            # it ends): the next owners may send without marking, so a
+            # partition taken again is looked for on the topic first.
+            self._checked.discard(tp)
+            self.doubts.release(tp)
         self._wanted.discard(tp)
         # Its problems are the next owner's to report.
         self.conditions.clear_where(f"{tp[0]}[{tp[1]}] ")
+
+    async def _settle(self, tp: TP) -> None:
+        """A send handed to the producer reaches the topic even after its
+        sender is cancelled. The next owner looks on the topic once, on
+        taking the partition: a record landing after that look would be
+        sent twice. So the partition is let go only once its sends are
+        answered, or their producer replaced (which drops what it holds)."""
+        mine = {row_id: s for row_id, s in self._inflight.items() if s.tp == tp}
+        for row_id in mine:
+            del self._inflight[row_id]
+        futures = [s.future for s in mine.values()]
+        if not futures:
+            return
+        _, unanswered = await asyncio.wait(futures, timeout=SEND_TIMEOUT_S)
+        if unanswered and self._producer is not None:
+            logger.warning(
+                "%s[%d]: %d dead letters unanswered at revocation; replacing the "
+                "dead-letter producer so that none reaches the topic after the next "
+                "owner looked there",
+                *tp,
+                len(unanswered),
+            )
+            await self._replace(self._producer, Outcome())
 
     async def _send_while_wanted(self, tp: TP) -> None:
         failures = 0
@@ -183,16 +213,7 @@ class DeadLetterPublisher:
         return bool(self.settings.dead_letter_topic)
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            **self.settings.kafka_options(),
-            client_id=f"{self.settings.kafka_client_id()}-dlq",
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=request_bytes(self.settings.max_message_bytes),
-            # Fail a send within seconds when the topic is missing, and
-            # retry it later, rather than waiting the default 40 s.
-            request_timeout_ms=int(SEND_TIMEOUT_S * 1000),
-        )
+        return new_producer(self.settings, SEND_TIMEOUT_S)
 
     async def start(self) -> None:
         if self.enabled:
@@ -250,6 +271,8 @@ class DeadLetterPublisher:
         # A page at a time, through the index of unpublished rows: a long
         # outage of the topic never loads the whole outbox, values included.
         async for rows in self._pages(tp):
+            if tp in self._letting_go:  # the next owner sends the rest
+                return
             await self._attempt_page(producer, topic, tp, recovering, outcome, rows)
             if outcome.error is not None:  # the rest waits for the next attempt
                 return
@@ -272,6 +295,8 @@ class DeadLetterPublisher:
             self.doubts.sent(tp, found)
             await self._mark([row.id for row in rows if row.offset in found])
             rows = [row for row in rows if row.offset not in found]
+            if tp in self._letting_go:
+                return
         group = self.settings.group_id
         pending = []
         for row in rows:
@@ -285,7 +310,7 @@ class DeadLetterPublisher:
             future = await producer.send(
                 topic, record.value, key=record.key, partition=partition, headers=record.headers
             )
-            sent = Inflight(record, future, asyncio.get_running_loop().time())
+            sent = Inflight(tp, record, future, asyncio.get_running_loop().time())
             self._inflight[row.id] = sent
             self.doubts.tried(tp, row.offset)
             future.add_done_callback(_retrieved)
@@ -351,22 +376,11 @@ class DeadLetterPublisher:
         not, so every partition looks on the topic before sending again."""
         if self._producer != used:  # (identity) another sender did already
             return
-        fresh = self._new_producer()
-        try:
-            await fresh.start()
-        except BaseException:  # cancelled at the deadline too
-            await fresh.stop()
-            raise
-        self._producer = fresh
+        self._producer = await started(self._new_producer())
         self._renewals += 1
         self._inflight.clear()
         self._checked.clear()
-        try:
-            await asyncio.wait_for(used.stop(), SEND_TIMEOUT_S)
-        except TimeoutError:
-            await abandon(used, SEND_TIMEOUT_S)
-        except KafkaError as exc:
-            logger.debug("the replaced dead-letter producer stopped with %r", exc)
+        await retire(used, SEND_TIMEOUT_S)
 
     def _pages(self, tp: TP) -> AsyncIterator[list[Row[Any]]]:
         return unpublished_pages(self.engine, self.settings.group_id, tp)

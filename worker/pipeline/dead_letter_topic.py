@@ -1,11 +1,10 @@
 """The dead-letter topic as Kafka has it: created if missing, how many
 partitions and how large a record it takes, which dead letters it holds
-already, and how a producer stuck on it is dropped."""
+already."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -101,18 +100,3 @@ async def already_sent(
     finally:
         await consumer.stop()
     return found
-
-
-async def abandon(producer: AIOKafkaProducer, timeout_s: float) -> None:
-    """Drop a producer whose stop() did not return: aiokafka's stop waits
-    until every batch is acknowledged, which an idempotent producer retries
-    without end. Its sender is cancelled and its connections closed so that
-    nothing it held reaches the topic after the topic was looked at."""
-    sender = producer._sender  # no public way to drop undelivered batches
-    task = None if sender is None else sender.sender_task
-    if task is not None:
-        task.cancel()
-    await producer.client.close()
-    if task is not None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout_s)

@@ -101,6 +101,7 @@ class FakeProducer:
     def __init__(self, answers: bool) -> None:
         self.answers = answers
         self.sent: list[bytes | None] = []
+        self.sent_one = asyncio.Event()
         self.client = SimpleNamespace(close=self._close)
         self.closed = False
         sender_task = asyncio.create_task(asyncio.Event().wait())
@@ -112,6 +113,7 @@ class FakeProducer:
 
     async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[Any]:
         self.sent.append(value)
+        self.sent_one.set()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.answers:
             future.set_result(None)
@@ -224,3 +226,83 @@ async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(
 
 async def _nothing_sent(*_: Any) -> set[int]:
     return set()
+
+
+class LateProducer(FakeProducer):
+    """Answers each send `after_s` later."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(answers=False)
+        self.after_s = after_s
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[Any]:
+        future = await super().send(topic, value)
+        asyncio.get_running_loop().call_later(self.after_s, future.set_result, None)
+        self.futures.append(future)
+        return future
+
+
+async def test_a_revoked_partition_is_let_go_only_once_its_sends_are_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The next owner looks on the topic once: a send answered after the
+    # partition was let go could land after that look, and be sent twice.
+    late = LateProducer(after_s=0.3)
+    publisher = Outbox([late])
+    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    publisher.request(TP)
+    await asyncio.wait_for(late.sent_one.wait(), 5)
+    await publisher.release(TP, timeout_s=0.01)  # the sender is cancelled at once
+
+    assert [f.done() for f in late.futures] == [True]
+    assert publisher._producer is cast(Any, late), "answered: the producer stays"
+    assert publisher.rows != [], "left unmarked, for the next owner to find on the topic"
+
+
+async def test_a_send_unanswered_at_revocation_has_its_producer_replaced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(dead_letter_sender, "SEND_TIMEOUT_S", 0.05)
+    stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
+    publisher = Outbox([stuck, fresh])
+    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    publisher.request(TP)
+    await asyncio.wait_for(stuck.sent_one.wait(), 5)
+    await publisher.release(TP, timeout_s=0.01)
+
+    assert publisher._producer is cast(Any, fresh)
+    assert stuck.closed and stuck._sender.sender_task.cancelled(), "what it held is dropped"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "events[3]: 1 dead letters unanswered at revocation; replacing the dead-letter "
+        "producer so that none reaches the topic after the next owner looked there"
+    ]
+
+
+class Recording(Blocking):
+    """Blocking, and records whether each attempt looked on the topic first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recovering: list[bool] = []
+
+    async def publish_pending(self, tp: tuple[str, int], recovering: bool) -> Outcome:
+        self.recovering.append(recovering)
+        return await super().publish_pending(tp, recovering)
+
+
+async def test_a_partition_taken_again_is_looked_for_on_the_topic_first() -> None:
+    # Meanwhile another owner may have sent dead letters and died before
+    # marking them: sent again unlooked, they would be on the topic twice.
+    publisher = Recording()
+    publisher.request(TP)
+    await asyncio.sleep(0)
+    releasing = asyncio.create_task(publisher.release(TP, timeout_s=5))
+    await asyncio.sleep(0)
+    publisher.go.set()  # the sender ends well within the revoke deadline
+    await releasing
+    publisher.request(TP)
+    await asyncio.wait_for(settled(publisher), 5)
+    assert publisher.recovering == [True, True]
