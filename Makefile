@@ -25,7 +25,7 @@ $(UV_VENV)/bin/uv:
 	$(UV_VENV)/bin/pip install -q uv==$(UV_VERSION)
 
 $(BIN)/persister: pyproject.toml uv.lock $(UV_VENV)/bin/uv
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --python $(PYTHON) -q
 	@touch $@
 
 .PHONY: install
@@ -42,7 +42,7 @@ lock: $(UV_VENV)/bin/uv ## Upgrade the locks to the newest versions pyproject.to
 
 $(PREFECT_VENV)/installed: $(PREFECT_LOCK) $(UV_VENV)/bin/uv
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(PREFECT_VENV)
-	$(UV) pip sync -q --python $(PREFECT_VENV)/bin/python $(PREFECT_LOCK)
+	$(UV) pip sync -q --compile-bytecode --python $(PREFECT_VENV)/bin/python $(PREFECT_LOCK)
 	@touch $@
 
 .PHONY: prefect-venv
@@ -81,22 +81,26 @@ test-cluster: install ## The longest tests on a three-broker cluster: rolling re
 
 .PHONY: bench
 bench: install ## Benchmark side by side: ceilings, previous schema, naive baseline, 1 and 2 workers (PRELOAD=4000000: also on stored events)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench --events $(or $(EVENTS),200000) --preload $(or $(PRELOAD),0) --out bench-results
+
+.PHONY: profile
+profile: install ## The write path's CPU per event, step by step (EVENTS=file, one message per line; DATABASE_URL=migrated database: adds the COPY)
+	$(BIN)/python -m worker.devtools.profile $(if $(EVENTS),--events $(EVENTS)) $(if $(DATABASE_URL),--database-url $(DATABASE_URL))
 
 .PHONY: bench-retention
 bench-retention: install ## Retention: drop a day of expired events (EXPIRED, default 5000000) while a worker ingests
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench.retention --expired $(or $(EXPIRED),5000000) --out bench-results
 
 .PHONY: bench-trim
 bench-trim: install ## Retention: trim the day straddling the cutoff in steps, batches from where the last ended vs from the oldest row; not in CI
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench.trim_steps --events $(or $(EVENTS),2500000) --out bench-results
 
 .PHONY: bench-growth
 bench-growth: install ## Write speed as the tables fill to TARGET events (default 10000000), both schemas; not in CI
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m worker.devtools.bench.growth --target $(or $(TARGET),10000000) --minutes $(or $(MINUTES),0) --out bench-results
 
 SIZES ?= 1000000,10000000
@@ -107,7 +111,7 @@ bench-prefect-read: install prefect-venv ## A real Prefect server's event feed a
 
 .PHONY: soak
 soak: install ## A long run with faults on a schedule (MINUTES=30, BROKERS=3); report in soak-results/
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --extra bench --python $(PYTHON) -q
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --extra bench --python $(PYTHON) -q
 	$(BIN)/python -m tests.soak --minutes $(or $(MINUTES),30) --brokers $(or $(BROKERS),3) --out soak-results
 
 .PHONY: demo

@@ -102,6 +102,23 @@ def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, st
         raise ValueError(f"{len(value)} related resources, more than {max_related}")
     max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
     max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
+    # One pass of comparisons for the common case (see `_check_labels`);
+    # a label set that may break a rule is checked in full, for its message.
+    for labels in value:
+        resource_id, role = labels.get(RESOURCE_ID), labels.get(RESOURCE_ROLE)
+        if (
+            len(labels) > max_labels
+            or not resource_id
+            or len(resource_id) * 4 > max_id_bytes
+            or not role
+            or len(role) * 4 > MAX_ROLE_BYTES
+        ):
+            _check_related_fully(value, max_labels, max_id_bytes)
+            break
+    return value
+
+
+def _check_related_fully(value: list[dict[str, str]], max_labels: int, max_id_bytes: int) -> None:
     for i, labels in enumerate(value):
         _check_labels(labels, max_labels, max_id_bytes, i)
         role = labels.get(RESOURCE_ROLE)
@@ -109,7 +126,6 @@ def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, st
             if not role:
                 raise ValueError(f"related[{i}] needs a non-empty {RESOURCE_ROLE!r} label")
             _check_bytes(f"related[{i}] {RESOURCE_ROLE!r}", role, MAX_ROLE_BYTES)
-    return value
 
 
 class Event(BaseModel):

@@ -90,8 +90,11 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
 
     assert all(ratio > 0 for ratio in result["ratios"].values()), result["ratios"]
     assert len(result["ratios"]) == 11
-    # Every target of the storage work is reported, met or not.
-    assert len(result["targets"]) == 10, result["targets"]
+    # Every target of the storage work is reported, met or not (10), the
+    # worker's CPU per event on empty tables and at size (2), and the
+    # workers' own start-up, as their start-up line says it (1).
+    assert len(result["targets"]) == 13, result["targets"]
+    assert measured[WORKER_1]["startup_s"]["own"] > 0, measured[WORKER_1]
     assert all(isinstance(target["met"], bool) for target in result["targets"])
     latencies = result["latency"]
     # Full load from record timestamp and from worker start, and 20% load;

@@ -95,8 +95,12 @@ async def test_metrics_match_the_database_and_readyz_follows_it(
 
         local_stack.stop_postgres()
         try:
-            status, body = await asyncio.to_thread(get, f"{base}/readyz")
-            assert status == 503 and "database unreachable" in body
+            # The database is probed every second in the background.
+            async def unready() -> bool:
+                status, body = await asyncio.to_thread(get, f"{base}/readyz")
+                return status == 503 and "database unreachable" in body
+
+            await wait_until(unready, 5, "/readyz to say the database is unreachable")
             assert (await asyncio.to_thread(get, f"{base}/healthz"))[0] == 200
         finally:
             local_stack.start_postgres()

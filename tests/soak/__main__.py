@@ -26,10 +26,11 @@ from schemas.migrate import upgrade
 from tests.integration.workers import WorkerPool, worker_env
 from tests.soak import verdict
 from tests.soak.calibrate import single_replica_rate
+from tests.soak.latency import measure as measure_latency
 from tests.soak.load import Load
 from tests.soak.watch import Watch
 from worker.core.kafka_admin import create_topic
-from worker.devtools.stack import LocalStack
+from worker.devtools.stack import SERVER_SETTINGS, LocalStack
 
 log = logging.getLogger("soak")
 
@@ -124,9 +125,11 @@ async def soak(args: argparse.Namespace, stack: LocalStack, tmp: Path) -> bool:
         final = await verdict.settle(watch, load, pool)
         watch.stop()
         await tasks[1]
+        since = verdict.recent_since(load)
+        latency = await measure_latency(watch.engine, since, watch.run_buckets)
         await watch.close()
         codes = await asyncio.to_thread(pool.stop_all)
-    report = verdict.Report(args.minutes, rate, run.faults, watch.samples, final, codes)
+    report = verdict.Report(args.minutes, rate, run.faults, watch.samples, final, codes, latency)
     return verdict.write(report, args.out, [f"{p}" for p in (tmp / "workers").glob("*.log")])
 
 
@@ -142,7 +145,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="persister-soak-") as tmp:
-        stack = LocalStack(Path(tmp) / "stack", database_url=None, brokers=args.brokers)
+        # Commit timestamps: each event's age at commit, for the latency report.
+        settings = {**SERVER_SETTINGS, "track_commit_timestamp": "on"}
+        stack = LocalStack(
+            Path(tmp) / "stack", database_url=None, brokers=args.brokers, server_settings=settings
+        )
         try:
             upgrade(stack.start().database_url)
             passed = asyncio.run(soak(args, stack, Path(tmp)))

@@ -9,6 +9,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.quantiles import histogram_quantile
+
 METRICS_URL = re.compile(r"serving metrics on (http://[\d.]+:\d+/metrics)")
 BUCKET = re.compile(r'^persister_end_to_end_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.MULTILINE)
 TASKS = re.compile(r"^persister_asyncio_tasks (\S+)$", re.MULTILINE)
@@ -65,20 +67,13 @@ def scrape(url: str) -> tuple[int | None, dict[float, float]]:
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Prometheus' histogram_quantile over cumulative `buckets`: linear
     within the bucket the rank falls in; None without observations."""
-    bounds = sorted(buckets)
-    total = buckets.get(float("inf"), 0.0)
-    if total <= 0:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if bound == float("inf"):
-                return lower
-            width = count - below
-            return lower + (bound - lower) * ((rank - below) / width if width else 1.0)
-        lower, below = bound, count
-    return lower
+    return histogram_quantile(q, buckets)
+
+
+def accumulate(total: dict[float, float], window: dict[float, float]) -> None:
+    """Add one window's bucket counts to `total`: the whole run's histogram."""
+    for le, n in window.items():
+        total[le] = total.get(le, 0.0) + n
 
 
 def window(previous: dict[float, float], now: dict[float, float]) -> dict[float, float]:

@@ -8,7 +8,7 @@ import json
 import shutil
 import statistics
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from schemas.tables import dead_letters, event_resources, events
 from tests.integration.support import wait_until
 from tests.integration.workers import WorkerPool
+from tests.soak.latency import Latency, lines
 from tests.soak.load import Load
 from tests.soak.probes import Sample
 from tests.soak.watch import Watch
@@ -51,6 +52,12 @@ class Report:
     samples: list[Sample]
     final: Final
     exit_codes: list[int]
+    latency: Latency | None = None
+
+
+def recent_since(load: Load) -> datetime:
+    """The old events occurred long before this; the recent ones after it."""
+    return load.started - timedelta(minutes=30)
 
 
 async def settle(watch: Watch, load: Load, pool: WorkerPool) -> Final:
@@ -63,8 +70,7 @@ async def settle(watch: Watch, load: Load, pool: WorkerPool) -> Final:
     with contextlib.suppress(AssertionError):
         await wait_until(caught_up, SETTLE_S, "the lag to reach zero", 1.0)
     engine = watch.engine
-    # The old events were sent long before this; the recent ones after it.
-    cutoff = load.started - timedelta(minutes=30)
+    cutoff = recent_since(load)
     async with engine.connect() as conn:
         recent = await conn.scalar(select(func.count()).where(events.c.occurred >= cutoff))
         old = await conn.scalar(select(func.count()).where(events.c.occurred < cutoff))
@@ -152,6 +158,8 @@ def write(report: Report, out: Path, logs: list[str]) -> bool:
     results = checks(report)
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    for line in lines(report.latency) if report.latency else []:
+        print(line)
     data = asdict(report) | {"checks": results, "recoveries": recoveries(report)}
     (out / "soak.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     for log in logs:

@@ -34,6 +34,8 @@ class Watch:
         self.began = time.monotonic()
         self._stop = asyncio.Event()
         self._buckets: dict[int, dict[float, float]] = {}
+        # Every window added up: the end-to-end latency histogram of the run.
+        self.run_buckets: dict[float, float] = {}
         self._engine: AsyncEngine | None = None
         self._reader: AIOKafkaConsumer | None = None
 
@@ -99,9 +101,9 @@ class Watch:
             workers[slot] = probes.WorkerSample(pid, found[0], found[1], tasks, buckets)
             if buckets:
                 previous = self._buckets.get(pid, {})
-                for le, n in probes.window(previous, buckets).items():
-                    window[le] = window.get(le, 0.0) + n
+                probes.accumulate(window, probes.window(previous, buckets))
                 self._buckets[pid] = buckets
+        probes.accumulate(self.run_buckets, window)
         return probes.Sample(
             self.elapsed(),
             workers,

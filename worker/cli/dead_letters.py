@@ -7,12 +7,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,6 +34,12 @@ from worker.operate.dead_letter_admin import (
     resolve,
     send_back,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# rich is imported where a command prints with it: it takes a tenth of a
+# second, and every command's module is loaded by `persister run` too.
 
 dlq_app = typer.Typer(
     help="Inspect, count, resolve, purge dead letters and send them back.", no_args_is_help=True
@@ -66,6 +69,9 @@ def _when(value: Any) -> str:
 def letters_table(letters: list[Row[Any]], title: str, caption: str, wide: bool) -> Table:
     """One line per dead letter. Compact: cut to the terminal's width; wide:
     every field, whole."""
+    from rich import box
+    from rich.table import Table
+
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     names = ["id", "origin", "error class", "recorded", "state"]
     if wide:
@@ -117,6 +123,8 @@ def dlq_list(
     caption = f"newest first, {len(letters)} shown"
     if more:
         caption += f"; older: --before-id {letters[-1].id}"
+    from rich.console import Console
+
     # Wide lines are not cut or wrapped: made for `less -S` and grep.
     console = Console(width=WIDE_COLUMNS) if wide else Console()
     console.print(letters_table(letters, f"{total:,} {which}", caption, wide))
@@ -125,6 +133,10 @@ def dlq_list(
 @dlq_app.command("stats")
 def dlq_stats(group: Group = None, topic: Topic = None) -> None:
     """How many dead letters there are, by error class and topic."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     settings = setup("WARNING")
     selection = Selection(group, topic, resolved=None)
     stats = asyncio.run(with_engine(settings, lambda e: dead_letter_stats(e, selection)))

@@ -7,13 +7,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.cli.common import (
@@ -28,9 +24,15 @@ from worker.core.kafka_admin import KafkaView
 from worker.core.settings import parse_duration
 from worker.operate.replay import Move, ReplayRefused, Target, apply, followed, plan
 from worker.operate.status import Status, consumed_topics, gather
-from worker.operate.status_view import status_json, status_table
 from worker.pipeline.database_wait import ping
 from worker.services.framework import RetentionTrimmer
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+# rich (and the status view, which uses it) is imported where a command
+# prints with it: it takes a tenth of a second, and every command's module is
+# loaded by `persister run` too.
 
 # How long `replay --force` waits for the live workers' Kafka commits.
 FOLLOW_TIMEOUT_S = 10.0
@@ -113,6 +115,9 @@ def replay(
 
 
 def show_moves(group: str, topic: str, moves: list[Move], after: dict[int, int] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     title = f"{'would move' if after is None else 'moved'} group {group!r} on {topic!r}"
     table = Table(title=title)
     columns = ["partition", "stored (before)", "Kafka committed (before)", "stored (after)"]
@@ -140,6 +145,10 @@ def status(
     end, the lag and the last flush; the trimmer leader; dead letters.
     Exit 3 for a group nothing knows. `--watch` goes on through outages of
     Kafka or the database, showing them under the last table."""
+    from rich.console import Console
+
+    from worker.operate.status_view import status_json, status_table
+
     settings = setup("WARNING")
     name = group or settings.group_id
 
@@ -171,6 +180,12 @@ def status(
 def watch_status(once: Callable[[], Status]) -> None:
     """Refresh every 2 s until Ctrl-C; a failure shows, with the time it
     began, under the last table that could be gathered."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from worker.operate.status_view import status_table
+
     shown: RenderableType = Text("gathering...")
     failing_since: datetime | None = None
     with Live(shown, auto_refresh=False) as live:

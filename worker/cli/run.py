@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.cli.common import (
@@ -33,13 +31,12 @@ from worker.core.client_logs import collapse_client_logs, sweep_forever
 from worker.core.codecs import CodecError, check_codecs
 from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
+from worker.core.startup import IMPORTS, SETTINGS, clock, tune_collector
 from worker.pipeline.partitions import names
 from worker.pipeline.persister import FlushAbandoned
 from worker.services import time_partitions
 from worker.services.framework import Service
 from worker.services.retention import trim
-
-GC_THRESHOLDS = (50_000, 20, 100)
 
 stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -102,22 +99,20 @@ def _give_up(grace_s: float) -> None:
 @app.command()
 def run() -> None:
     """Run the enabled services until SIGTERM or SIGINT (then flush and exit 0)."""
+    clock.end(IMPORTS)
     settings = setup()
     try:
         check_codecs()
     except CodecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    clock.end(SETTINGS)
     logging.getLogger(__name__).info(
         "starting %s against %s",
         ", ".join(s.name for s in Service.enabled_services(settings)) or "no services",
         settings.redacted_database_url(),
     )
-    # Batches make many short-lived objects: the default collector thresholds
-    # would traverse the long-lived ones (modules, buffers) over and over.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_collector()
     asyncio.run(_run_until_signalled(settings))
 
 
@@ -268,6 +263,7 @@ def produce(
     """Send realistic events (and optionally bad messages) to a topic."""
     with development_tool("produce"):
         from worker.devtools import loadgen
+    from rich.progress import Progress  # a tenth of a second: not for `run`
 
     settings = setup("WARNING")
     name = topic or settings.topics[0]

@@ -22,9 +22,11 @@ stored offset is due like one holding records, to write the offset alone.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate, islice
 from typing import Protocol
 
 from worker.core.topic_partition import TP
@@ -55,6 +57,8 @@ def record_size(record: Record) -> int:
 @dataclass
 class PartitionBuffer:
     records: deque[Record] = field(default_factory=deque)
+    # Each record's key and value bytes, in step with `records`.
+    sizes: deque[int] = field(default_factory=deque)
     nbytes: int = 0
     # Monotonic time the oldest buffered record arrived; None when empty.
     since: float | None = None
@@ -142,16 +146,19 @@ class Accumulator:
         fetch) when it is further, and note whether it reached `log_end` (the
         end of the log as the fetch saw it). Returns how many were added."""
         buffer = self._buffers.setdefault(tp, PartitionBuffer())
-        added = 0
-        for record in records:
-            if buffer.position is not None and record.offset < buffer.position:
-                continue
-            size = record_size(record)
-            buffer.records.append(record)
+        fresh = records if isinstance(records, list) else list(records)
+        # A fetch's records come in offset order: only a head can be re-fetched.
+        if buffer.position is not None and fresh and fresh[0].offset < buffer.position:
+            fresh = [record for record in fresh if record.offset >= buffer.position]
+        added = len(fresh)
+        if added:
+            sizes = [len(r.value or b"") + len(r.key or b"") for r in fresh]
+            buffer.records.extend(fresh)
+            buffer.sizes.extend(sizes)
+            size = sum(sizes)
             buffer.nbytes += size
             self._nbytes += size
-            buffer.position = record.offset + 1
-            added += 1
+            buffer.position = fresh[-1].offset + 1
         if fetched_to is not None and (buffer.position is None or fetched_to > buffer.position):
             buffer.position = fetched_to
         buffer.caught_up = (
@@ -197,18 +204,11 @@ class Accumulator:
         buffer = self._buffers.get(tp)
         if buffer is None:
             return []
-        batch: list[Record] = []
-        nbytes = 0
-        for record in buffer.records:
-            size = record_size(record)
-            if batch and (
-                len(batch) >= self.triggers.batch_size
-                or nbytes + size > self.triggers.max_batch_bytes
-            ):
-                break
-            batch.append(record)
-            nbytes += size
-        return batch
+        # The leading records whose running total of bytes fits, at least one.
+        limit = min(len(buffer.records), self.triggers.batch_size)
+        running = list(accumulate(islice(buffer.sizes, limit)))
+        count = max(1, bisect_right(running, self.triggers.max_batch_bytes)) if limit else 0
+        return list(islice(buffer.records, count))
 
     def next_offset(self, tp: TP, batch: list[Record]) -> int | None:
         """The offset to store after writing `batch` (from `peek`, with no
@@ -243,12 +243,14 @@ class Accumulator:
             if stored is not None:
                 buffer.base = stored
             return
-        for _ in range(count):
-            record = buffer.records.popleft()
-            size = record_size(record)
+        if count:
+            size = sum(islice(buffer.sizes, count))
             buffer.nbytes -= size
             self._nbytes -= size
-            buffer.base = record.offset + 1
+            buffer.base = buffer.records[count - 1].offset + 1
+            for _ in range(count):
+                buffer.records.popleft()
+                buffer.sizes.popleft()
         if stored is not None:
             buffer.base = stored
         # What is left arrived no earlier than `since`: keeping that clock errs

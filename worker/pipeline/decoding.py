@@ -10,7 +10,7 @@ dead-letter destination. A duplicate is one with the same key as the table's,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,19 +45,38 @@ class Rejection:
 
 # An event's key in `events`: (id, occurred).
 EventKey = tuple[UUID, datetime]
+# A row as COPY takes it: its values in the order of EVENT_FIELDS or
+# RESOURCE_FIELDS.
+Row = tuple[Any, ...]
+
+# The columns of an `events` row as `to_rows` builds it: all the worker
+# fills but `recorded`, which the write adds (last) for the whole batch.
+EVENT_FIELDS = (
+    "id",
+    "occurred",
+    "event",
+    "resource_id",
+    "resource",
+    "related_resource_ids",
+    "related",
+    "payload",
+    "received",
+    "follows",
+)
+RESOURCE_FIELDS = ("event_id", "resource_role", "resource_id", "occurred", "resource")
 
 
-def event_key(row: Mapping[str, Any]) -> EventKey:
-    """The key of an `events` row (see `Rows`)."""
-    return row["id"], row["occurred"]
+def event_key(row: Row) -> EventKey:
+    """The key of an `events` row (see `Rows`): its first two values."""
+    return row[0], row[1]
 
 
 @dataclass
 class Rows:
     """A batch's rows; `resources` and `sources` are by `event_key`."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)
-    resources: dict[EventKey, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[Row] = field(default_factory=list)
+    resources: dict[EventKey, list[Row]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
     # The record each event came from, for a dead letter if the database
     # rejects the event.
@@ -100,63 +119,86 @@ def json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def event_row(
-    event: Envelope | Event, received: datetime, encode: Callable[[Any], Any] = json_text
-) -> dict[str, Any]:
-    """The `events` row: Prefect's `as_database_row()` but `recorded`, which the
-    insert sets per batch; JSON columns as JSON text (see JSON_COLUMNS), or as
-    `encode` gives them (the benchmark's baseline passes pydantic's `Event`
-    and leaves them to SQLAlchemy). An `Envelope`'s payload is JSON text already."""
+def event_values(event: Envelope | Event, received: datetime) -> Row:
+    """The `events` row (EVENT_FIELDS): Prefect's `as_database_row()` but
+    `recorded`; JSON columns as JSON text. An `Envelope`'s payload is JSON
+    text already."""
+    dumps = orjson.dumps  # inlined `json_text`: this runs for every event
+    related = event.related
+    if related:
+        related_ids = dumps([labels[RESOURCE_ID] for labels in related]).decode()
+        related_text = dumps(related).decode()
+    else:
+        related_ids = related_text = "[]"
     payload = event.payload
-    return {
-        "id": event.id,
-        "occurred": event.occurred,
-        "event": event.event,
-        "resource_id": event.resource_id,
-        "resource": encode(event.resource),
-        "related_resource_ids": encode([r[RESOURCE_ID] for r in event.related]),
-        "related": encode(event.related),
-        "payload": payload if isinstance(payload, str) else encode(payload),
-        "received": event.received or received,
-        "follows": event.follows,
-    }
+    return (
+        event.id,
+        event.occurred,
+        event.event,
+        event.resource[RESOURCE_ID],
+        dumps(event.resource).decode(),
+        related_ids,
+        related_text,
+        payload if isinstance(payload, str) else dumps(payload).decode(),
+        event.received or received,
+        event.follows,
+    )
 
 
-def other_labels(labels: dict[str, str]) -> dict[str, str]:
+def other_labels(labels: dict[str, str]) -> str:
     """A resource row's `resource`: the labels that are not its id or role
-    (those are columns), as Prefect stores it."""
-    return {k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE}
+    (those are columns), as Prefect stores it, in JSON text."""
+    return json_text({k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE})
 
 
-def resource_rows(
-    event: Envelope | Event, encode: Callable[[Any], Any] = json_text
-) -> list[dict[str, Any]]:
-    """The primary resource (role "") and each distinct (role, id) related one:
-    Prefect's `as_database_resource_rows()`, but a (role, id) repeated in
-    `related` gives one row (the first), as the table's key allows. `encode`
-    as for `event_row`."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for role, labels in [("", event.resource), *((r[RESOURCE_ROLE], r) for r in event.related)]:
-        key = (role, labels[RESOURCE_ID])
-        if key not in rows:
-            rows[key] = {
-                "event_id": event.id,
-                "resource_role": role,
-                "resource_id": labels[RESOURCE_ID],
-                "occurred": event.occurred,
-                "resource": encode(other_labels(labels)),
-            }
-    return list(rows.values())
+def resource_values(event: Envelope | Event) -> list[Row]:
+    """The `event_resources` rows (RESOURCE_FIELDS): the primary resource
+    (role "") and each distinct (role, id) related one. Prefect's
+    `as_database_resource_rows()`, but a (role, id) repeated in `related`
+    gives one row (the first), as the table's key allows."""
+    event_id, occurred, resource = event.id, event.occurred, event.resource
+    primary = resource[RESOURCE_ID]
+    # Most label sets are only an id (and a role): "{}", with no copy and no
+    # encoding. Every related one has both (the envelope's rules).
+    plain = len(resource) == 1 or (len(resource) == 2 and RESOURCE_ROLE in resource)
+    rows = [(event_id, "", primary, occurred, "{}" if plain else other_labels(resource))]
+    if event.related:
+        seen = {("", primary)}
+        for labels in event.related:
+            key = (labels[RESOURCE_ROLE], labels[RESOURCE_ID])
+            if key not in seen:
+                seen.add(key)
+                text = "{}" if len(labels) == 2 else other_labels(labels)
+                rows.append((event_id, *key, occurred, text))
+    return rows
+
+
+def event_row(event: Envelope | Event, received: datetime) -> dict[str, Any]:
+    """`event_values` by column name."""
+    return dict(zip(EVENT_FIELDS, event_values(event, received), strict=True))
+
+
+def resource_rows(event: Envelope | Event) -> list[dict[str, Any]]:
+    """`resource_values` by column name."""
+    return [dict(zip(RESOURCE_FIELDS, row, strict=True)) for row in resource_values(event)]
 
 
 def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -> Rows:
     rows = Rows()
+    events, resources, sources = rows.events, rows.resources, rows.sources
+    # A producer's batch shares one timestamp: converted once.
+    last_timestamp, last_received = None, datetime.now(UTC)
     for record in records:
         decoded = decode(record, limits, max_message_bytes)
         if isinstance(decoded, Rejection):
             rows.rejections.append(decoded)
-        elif (key := (decoded.id, decoded.occurred)) not in rows.resources:
-            rows.events.append(event_row(decoded, received_at(record)))
-            rows.resources[key] = resource_rows(decoded)
-            rows.sources[key] = record
+        elif (key := (decoded.id, decoded.occurred)) not in resources:
+            received = decoded.received
+            if received is None:
+                if record.timestamp != last_timestamp:
+                    last_timestamp, last_received = record.timestamp, received_at(record)
+                received = last_received
+            events.append(event_values(decoded, received))
+            resources[key] = resource_values(decoded)
+            sources[key] = record
     return rows

@@ -24,8 +24,8 @@ as text for the same reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.tables import event_resources, events
-from worker.pipeline.decoding import JSON_COLUMNS
+from worker.pipeline.decoding import EVENT_FIELDS, JSON_COLUMNS, RESOURCE_FIELDS, Row
 
 
 def _columns(table: Table) -> list[str]:
@@ -81,40 +81,35 @@ def _both_tables_insert() -> str:
 
 
 EVENTS_AND_RESOURCES_SQL = _both_tables_insert()
-EVENT_COLUMNS = _columns(events)
-RESOURCE_COLUMNS = _columns(event_resources)
+# A row's values (see `worker.pipeline.decoding.Row`), then `recorded`.
+EVENT_COLUMNS = [*EVENT_FIELDS, "recorded"]
+RESOURCE_COLUMNS = list(RESOURCE_FIELDS)
 
 
-_EVENT_TUPLE = itemgetter(*EVENT_COLUMNS)
-_RESOURCE_TUPLE = itemgetter(*RESOURCE_COLUMNS)
-
-
-def _stamp(event_rows: list[dict[str, Any]]) -> None:
-    """Set `recorded`, which Prefect's `events` has no default for: the
-    worker fills it as Prefect's own persister does, once per batch."""
-    recorded = datetime.now(UTC)
-    for row in event_rows:
-        row["recorded"] = recorded
+def stamped(event_rows: list[Row]) -> Iterator[Row]:
+    """Each row with `recorded`, which Prefect's `events` has no default for:
+    the worker fills it as Prefect's own persister does, once per batch."""
+    recorded = (datetime.now(UTC),)
+    return (row + recorded for row in event_rows)
 
 
 async def copy_events_and_resources(
-    conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
+    conn: AsyncConnection, event_rows: list[Row], resources: list[Row]
 ) -> tuple[int, int] | None:
     """COPY events and their resource rows (PostgreSQL); None, with nothing
     written, when the database refused them: some event is already stored,
     or a row is bad. `insert_events_and_resources` then sorts them out."""
     if not event_rows:
         return 0, 0
-    _stamp(event_rows)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     savepoint = await conn.begin_nested()
     try:
         await driver.copy_records_to_table(
-            "events", records=map(_EVENT_TUPLE, event_rows), columns=EVENT_COLUMNS
+            "events", records=stamped(event_rows), columns=EVENT_COLUMNS
         )
         await driver.copy_records_to_table(
-            "event_resources", records=map(_RESOURCE_TUPLE, resources), columns=RESOURCE_COLUMNS
+            "event_resources", records=resources, columns=RESOURCE_COLUMNS
         )
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         # The connection broke mid-COPY (asyncpg's connection errors are
@@ -129,29 +124,37 @@ async def copy_events_and_resources(
     return len(event_rows), len(resources)
 
 
-def _as_arrays(rows: list[dict[str, Any]], names: list[str]) -> tuple[list[Any], ...]:
-    return tuple([row[name] for row in rows] for name in names)
-
-
 async def insert_events_and_resources(
-    conn: AsyncConnection, event_rows: list[dict[str, Any]], resources: list[dict[str, Any]]
+    conn: AsyncConnection, event_rows: list[Row], resources: list[Row]
 ) -> tuple[int, int]:
     """Insert events, skipping ids already stored, and the resource rows of
     the new ones only; returns (new events, resource rows written)."""
     if not event_rows:
         return 0, 0
-    _stamp(event_rows)
+    with_recorded = list(stamped(event_rows))
     if conn.dialect.name == "postgresql":
-        arrays = _as_arrays(event_rows, EVENT_COLUMNS) + _as_arrays(resources, RESOURCE_COLUMNS)
+        # Column arrays, in the order of the statement's columns.
+        arrays = (
+            *_arrays(with_recorded, EVENT_COLUMNS, events),
+            *_arrays(resources, RESOURCE_COLUMNS, event_resources),
+        )
         result = await conn.exec_driver_sql(EVENTS_AND_RESOURCES_SQL, arrays)
         n_events, n_resources = tuple(result.one())
         return int(n_events), int(n_resources)
     returning = _generic_insert(events).returning(events.c.id, events.c.occurred)
-    new = {(i, _utc(o)) for i, o in (await conn.execute(returning, event_rows)).all()}
-    fresh = [r for r in resources if (r["event_id"], _utc(r["occurred"])) in new]
+    by_name = [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in with_recorded]
+    new = {(i, _utc(o)) for i, o in (await conn.execute(returning, by_name)).all()}
+    fresh = [r for r in resources if (r[0], _utc(r[3])) in new]
     if fresh:
-        await conn.execute(_generic_insert(event_resources), fresh)
+        by_name = [dict(zip(RESOURCE_COLUMNS, row, strict=True)) for row in fresh]
+        await conn.execute(_generic_insert(event_resources), by_name)
     return len(new), len(fresh)
+
+
+def _arrays(rows: list[Row], columns: list[str], table: Table) -> list[list[Any]]:
+    """The values of `rows` (in `columns` order) as one list per column of `table`."""
+    by_column = dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True))
+    return [by_column[name] for name in _columns(table)]
 
 
 def _utc(moment: datetime) -> datetime:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core import metrics
 from worker.core.settings import Settings
+from worker.core.startup import clock
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator
 from worker.pipeline.control_follower import ControlFollower
@@ -115,6 +116,7 @@ class Ownership:
                 )
 
     def on_assigned(self, partitions: list[TP]) -> None:
+        clock.joined()  # the first assignment ends the start's group join
         self.stats.rebalances += 1
         metrics.rebalances.inc()
         metrics.readiness.joined = True

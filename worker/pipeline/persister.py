@@ -33,6 +33,7 @@ from worker.core.conditions import Conditions
 from worker.core.errors import OperatorNeeded, needs_operator
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
+from worker.core.startup import clock
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record, Triggers
 from worker.pipeline.control_follower import ControlFollower
@@ -131,6 +132,7 @@ class Persister(Ownership):
         while not stopping.is_set():
             try:
                 await refuse_bad_login(self.settings)
+                clock.joining(self.settings.group_id)
                 await self.consumer.start()
                 await self.dead_letters.start()
                 self.connecting.clear("start", "connected to Kafka")
@@ -339,6 +341,7 @@ class Persister(Ownership):
         report_write(tp, state, batch, written, next_offset, time.monotonic() - started)
         self.stalls.end(WRITING, key(tp), time.monotonic())
         self.retries.succeeded(tp)
+        clock.stored()
         state.stored, state.failures, state.retry_at = next_offset, 0, 0.0
         state.failing_since = None
         self.fetching.stored(tp, next_offset)

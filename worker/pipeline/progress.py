@@ -28,14 +28,17 @@ def report_write(
 ) -> None:
     """Metrics and lines for a batch just committed (`state` not yet updated)."""
     if batch:
+        dead = {offset for offset, _ in written.rejected}
         metrics.observe_batch(
             len(batch),
             written.events,
             written.resources,
             written.rejected,
             took_s,
-            min((r.timestamp for r in batch if r.timestamp is not None), default=None),
+            # Each event's age, not the batch's: dead letters are no events.
+            [r.timestamp for r in batch if r.offset not in dead],
             written.inserted,
+            written.committed_at,
         )
     if state.failures and state.failing_since is not None:
         # Per partition, so DEBUG: `Retries` says once that writing works again.

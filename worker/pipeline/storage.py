@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from schemas.tables import consumer_offsets, dead_letters
 from worker.core.errors import ErrorKind, classify, describe
 from worker.core.topic_partition import TP
-from worker.pipeline.decoding import Rejection, Rows, event_key, received_at
+from worker.pipeline.decoding import Rejection, Row, Rows, event_key, received_at
 from worker.pipeline.inserts import copy_events_and_resources, insert_events_and_resources
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class Written:
     rejected: tuple[tuple[int, str], ...] = ()
     # The events went in by INSERT ... ON CONFLICT, not by COPY.
     inserted: bool = False
+    # When the transaction committed (time.time()): the end of each event's
+    # end-to-end latency.
+    committed_at: float | None = None
 
 
 def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
@@ -143,7 +147,7 @@ async def advance_offset(
 
 
 async def insert_rows(
-    conn: AsyncConnection, event_rows: list[dict[str, Any]], rows: Rows, copy: bool = False
+    conn: AsyncConnection, event_rows: list[Row], rows: Rows, copy: bool = False
 ) -> tuple[int, int, bool]:
     """Insert events idempotently, and resource rows for the new ones only;
     with `copy` (PostgreSQL), try COPY first (see `worker.pipeline.inserts`).
@@ -168,7 +172,7 @@ class Isolation:
     events: int = 0
     resources: int = 0
 
-    async def run(self, part: list[dict[str, Any]], known_bad: bool = False) -> list[Rejection]:
+    async def run(self, part: list[Row], known_bad: bool = False) -> list[Rejection]:
         if not part:
             return []
         if not known_bad or len(part) == 1:
@@ -316,4 +320,5 @@ async def write_batch(
         n_dead = await insert_dead_letters(conn, group_id, letters)
     attempts = isolation.attempts if isolate else 0
     classes = tuple((r.record.offset, r.error_class) for r in letters)
-    return Written(n_events, n_resources, n_dead, attempts, classes, inserted)
+    committed_at = time.time()
+    return Written(n_events, n_resources, n_dead, attempts, classes, inserted, committed_at)

@@ -12,6 +12,7 @@ import pytest
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Envelope
 from tests.records import Msg, msgs
+from tests.rows import events_of, resources_of
 from worker.core.settings import Limits
 from worker.pipeline.decoding import MAX_ERROR_CHARS, Rejection, decode, received_at, to_rows
 
@@ -214,7 +215,7 @@ def test_event_row_has_every_column() -> None:
     rows = to_rows(
         [record(raw(related=related, payload=payload, follows=str(FOLLOWS)))], LIMITS, MAX
     )
-    assert rows.events == [
+    assert events_of(rows) == [
         {
             "id": ID_A,
             "occurred": OCCURRED,
@@ -234,13 +235,13 @@ def test_event_row_has_every_column() -> None:
 
 def test_received_falls_back_to_the_record_timestamp() -> None:
     rows = to_rows([record(raw(), timestamp=1_780_000_000_500)], LIMITS, MAX)
-    assert rows.events[0]["received"] == datetime(2026, 5, 28, 20, 26, 40, 500000, tzinfo=UTC)
+    assert events_of(rows)[0]["received"] == datetime(2026, 5, 28, 20, 26, 40, 500000, tzinfo=UTC)
 
 
 def test_received_of_the_event_wins_over_the_record_timestamp() -> None:
     rows = to_rows([record(raw(received="2026-01-02T04:00:00+01:00"))], LIMITS, MAX)
-    assert rows.events[0]["received"] == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
-    assert rows.events[0]["received"].tzinfo is UTC
+    assert events_of(rows)[0]["received"] == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    assert events_of(rows)[0]["received"].tzinfo is UTC
 
 
 def resource_row(role: str, id: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -262,7 +263,7 @@ def test_resource_rows_are_the_primary_and_each_distinct_related_role_and_id() -
         rel("prefect.flow-run.1", "self"),
     ]
     rows = to_rows([record(raw(related=related))], LIMITS, MAX)
-    assert rows.resources == {
+    assert resources_of(rows) == {
         (ID_A, OCCURRED): [
             resource_row("", "prefect.flow-run.1", {}),
             resource_row("tag", "a", {}),
@@ -279,32 +280,32 @@ def test_resource_rows_keep_every_label_but_the_id_and_the_role() -> None:
     resource = {RESOURCE_ID: "r", RESOURCE_ROLE: "odd", "prefect.resource.name": "n", "k": "v"}
     related = [rel("a", "flow", **{"prefect.resource.name": "f"})]
     rows = to_rows([record(raw(resource=resource, related=related))], LIMITS, MAX)
-    assert rows.resources[(ID_A, OCCURRED)] == [
+    assert resources_of(rows)[(ID_A, OCCURRED)] == [
         resource_row("", "r", {"prefect.resource.name": "n", "k": "v"}),
         resource_row("flow", "a", {"prefect.resource.name": "f"}),
     ]
     # The event row keeps them all.
-    assert orjson.loads(rows.events[0]["resource"]) == resource
-    assert orjson.loads(rows.events[0]["related"]) == related
+    assert orjson.loads(events_of(rows)[0]["resource"]) == resource
+    assert orjson.loads(events_of(rows)[0]["related"]) == related
 
 
 def test_an_event_without_related_has_one_resource_row() -> None:
     rows = to_rows([record(raw())], LIMITS, MAX)
-    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[(ID_A, OCCURRED)]] == [
-        ("", "prefect.flow-run.1")
-    ]
+    assert [
+        (r["resource_role"], r["resource_id"]) for r in resources_of(rows)[(ID_A, OCCURRED)]
+    ] == [("", "prefect.flow-run.1")]
 
 
 def test_related_resource_ids_follow_the_related_list_in_order() -> None:
     related = [rel("b", "tag"), rel("a", "flow"), rel("c", "tag")]
     rows = to_rows([record(raw(related=related))], LIMITS, MAX)
-    assert orjson.loads(rows.events[0]["related_resource_ids"]) == ["b", "a", "c"]
-    assert orjson.loads(rows.events[0]["related"]) == related
+    assert orjson.loads(events_of(rows)[0]["related_resource_ids"]) == ["b", "a", "c"]
+    assert orjson.loads(events_of(rows)[0]["related"]) == related
 
 
 def test_an_integer_beyond_64_bits_in_the_payload_is_kept_as_written() -> None:
     rows = to_rows([record(raw(payload={"big": 2**70}))], LIMITS, MAX)
-    assert [e["payload"] for e in rows.events] == [f'{{"big": {2**70}}}']
+    assert [e["payload"] for e in events_of(rows)] == [f'{{"big": {2**70}}}']
     assert rows.rejections == []
 
 
@@ -318,7 +319,7 @@ def test_json_nested_thousands_deep_is_invalid_json_and_nothing_breaks() -> None
 def test_json_nested_hundreds_deep_is_stored_as_sent() -> None:
     nested = b"[" * 500 + b"]" * 500
     rows = to_rows([record(raw(payload={"n": "?"}).replace(b'"?"', nested))], LIMITS, MAX)
-    assert [e["payload"] for e in rows.events] == ['{"n": ' + nested.decode() + "}"]
+    assert [e["payload"] for e in events_of(rows)] == ['{"n": ' + nested.decode() + "}"]
 
 
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
@@ -343,12 +344,14 @@ def test_duplicate_ids_in_a_batch_give_one_event_row_and_the_first_wins() -> Non
         record(raw(ID_A, event="second", related=[rel("y", "tag")]), offset=2),
     ]
     rows = to_rows(records, LIMITS, MAX)
-    assert [(e["id"], e["event"]) for e in rows.events] == [
+    assert [(e["id"], e["event"]) for e in events_of(rows)] == [
         (ID_A, "first"),
         (ID_B, "prefect.flow-run.Completed"),
     ]
-    assert list(rows.resources) == [(ID_A, OCCURRED), (ID_B, OCCURRED)]
-    assert [(r["resource_role"], r["resource_id"]) for r in rows.resources[(ID_A, OCCURRED)]] == [
+    assert list(resources_of(rows)) == [(ID_A, OCCURRED), (ID_B, OCCURRED)]
+    assert [
+        (r["resource_role"], r["resource_id"]) for r in resources_of(rows)[(ID_A, OCCURRED)]
+    ] == [
         ("", "prefect.flow-run.1"),
         ("tag", "x"),
     ]
@@ -370,7 +373,7 @@ def test_every_record_is_an_event_a_duplicate_or_a_rejection() -> None:
     records = msgs(values)
     rows = to_rows(records, LIMITS, MAX)
 
-    assert [e["id"] for e in rows.events] == [ID_A, ID_B, ID_C]
+    assert [e["id"] for e in events_of(rows)] == [ID_A, ID_B, ID_C]
     assert [(r.record.offset, r.error_class) for r in rows.rejections] == [
         (1, "Tombstone"),
         (3, "InvalidJson"),
@@ -379,7 +382,7 @@ def test_every_record_is_an_event_a_duplicate_or_a_rejection() -> None:
     ]
     duplicates = 2
     assert len(rows.events) + duplicates + len(rows.rejections) == len(records)
-    assert len(rows.resources) == len(rows.events)
+    assert len(resources_of(rows)) == len(rows.events)
 
 
 def test_rejections_keep_the_original_record() -> None:
@@ -390,4 +393,4 @@ def test_rejections_keep_the_original_record() -> None:
 
 def test_an_empty_batch_gives_no_rows() -> None:
     rows = to_rows([], LIMITS, MAX)
-    assert (rows.events, rows.resources, rows.rejections) == ([], {}, [])
+    assert (events_of(rows), resources_of(rows), rows.rejections) == ([], {}, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.rows import events_of, resources_of
 from tests.unit.pipeline.test_decoding import ID_A, LIMITS, MAX, OCCURRED, raw, record, rel
 from worker.pipeline.decoding import to_rows
 
@@ -20,12 +21,13 @@ def test_the_same_id_with_another_occurred_is_another_event_row() -> None:
     ]
     rows = to_rows(records, LIMITS, MAX)
     moved = OCCURRED + timedelta(hours=1)
-    assert [(e["id"], e["occurred"]) for e in rows.events] == [(ID_A, OCCURRED), (ID_A, moved)]
-    assert {key: [r["resource_id"] for r in found] for key, found in rows.resources.items()} == {
+    assert [(e["id"], e["occurred"]) for e in events_of(rows)] == [(ID_A, OCCURRED), (ID_A, moved)]
+    resources = resources_of(rows)
+    assert {key: [r["resource_id"] for r in found] for key, found in resources.items()} == {
         (ID_A, OCCURRED): ["prefect.flow-run.1", "x"],
         (ID_A, moved): ["prefect.flow-run.1", "y"],
     }
-    assert [r["occurred"] for r in rows.resources[(ID_A, moved)]] == [moved, moved]
+    assert [r["occurred"] for r in resources[(ID_A, moved)]] == [moved, moved]
     assert {key: r.offset for key, r in rows.sources.items()} == {
         (ID_A, OCCURRED): 0,
         (ID_A, moved): 1,

@@ -26,7 +26,7 @@ def test_a_required_column_the_worker_does_not_fill_is_named() -> None:
 def test_a_missing_column_is_named() -> None:
     columns = {k: v for k, v in PREFECT_EVENTS.items() if k not in ("recorded", "follows")}
     assert column_problem("events", columns, WRITTEN["events"]) == (
-        "events has no column recorded, follows"
+        "events has no column follows, recorded"
     )
 
 

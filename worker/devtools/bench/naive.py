@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -24,7 +25,7 @@ from schemas.tables import event_resources, events
 from worker.devtools.bench import db
 from worker.devtools.bench.results import NAIVE, Check, Phase
 from worker.devtools.bench.server import ServerCpu
-from worker.pipeline.decoding import event_row, resource_rows
+from worker.pipeline.decoding import JSON_COLUMNS, event_row, resource_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,15 @@ class NaiveRun:
     resource_rows: int
 
 
-def _as_is(value: Any) -> Any:
-    return value
+def _objects(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: orjson.loads(v) if k in JSON_COLUMNS else v for k, v in row.items()}
 
 
 def _rows(event: Event, timestamp_ms: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The worker's rows, but with the JSON columns as objects: SQLAlchemy
     serialises them, as in Prefect's persister."""
     received = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-    return event_row(event, received, _as_is), resource_rows(event, _as_is)
+    return _objects(event_row(event, received)), [_objects(r) for r in resource_rows(event)]
 
 
 async def run(

@@ -50,7 +50,7 @@ from worker.devtools.bench.server import ServerCpu
 from worker.devtools.loadgen import encode, make_event
 from worker.devtools.prefect_server import PREFECT_BIN, PrefectServer, database_upgrade, prefect_env
 from worker.pipeline.connections import create_engine
-from worker.pipeline.decoding import event_row, resource_rows
+from worker.pipeline.decoding import event_values, resource_values
 from worker.pipeline.inserts import copy_events_and_resources
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ async def fill_by_worker(url: str, events: Iterator[dict[str, Any]]) -> int:
     limits, written = Limits(), 0
     try:
         while chunk := [read_envelope(encode(e), limits) for e in islice(events, CHUNK)]:
-            rows = [event_row(e, e.received or datetime.now(UTC)) for e in chunk]
-            resources = [r for e in chunk for r in resource_rows(e)]
+            rows = [event_values(e, e.received or datetime.now(UTC)) for e in chunk]
+            resources = [r for e in chunk for r in resource_values(e)]
             async with engine.begin() as conn:
                 copied = await copy_events_and_resources(conn, rows, resources)
             assert copied is not None, "COPY into Prefect's tables was refused"

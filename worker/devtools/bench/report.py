@@ -12,6 +12,7 @@ from rich.table import Table
 
 from worker.devtools.bench.latency import UNDER_COUNT
 from worker.devtools.bench.results import IndexCost, Results
+from worker.devtools.bench.startup import startup_line
 from worker.devtools.bench.targets import targets
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def print_report(results: Results, console: Console) -> None:
             f"stored {results.preloaded:,} events in each schema in "
             f"{results.preload_seconds:.0f} s before the rows marked 'stored'"
         )
+    if line := startup_line(results):
+        console.print(line)
     _print_targets(results, console)
     _print_latencies(results, console)
     _print_index_costs(results.index_costs, console)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from worker.core.startup import StartupSplit
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Phase:
     # Worker runs only: (events, seconds) from the first commit to the last,
     # start-up left out (see `db.writing`).
     writing: tuple[int, float] | None = None
+    # Worker runs only: the first replica's start-up lines, read back.
+    startup: StartupSplit | None = None
 
     @property
     def rate(self) -> float:
@@ -66,6 +70,7 @@ class Phase:
             "cpu_s_per_10k_events": _round(self.cpu_s_per_10k, 3),
             "server_cpu_seconds": _round(self.server_cpu_seconds, 2),
             "server_cpu_s_per_10k_events": _round(self.server_cpu_s_per_10k, 3),
+            "startup_s": None if self.startup is None else asdict(self.startup),
         }
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from worker.core.startup import StartupSplit, read_split
 from worker.devtools.bench import db
 from worker.devtools.bench.context import Bench
 from worker.devtools.bench.results import Check, Phase
@@ -100,6 +101,12 @@ class Replicas:
         for i, proc in enumerate(self.procs):
             if proc.poll() is not None:
                 raise WorkerFailed(f"worker {i} exited with {proc.returncode}:\n{self.log_tail(i)}")
+
+    def startup(self, index: int = 0) -> StartupSplit | None:
+        """What replica `index` said of its start-up (`worker.core.startup`)."""
+        with contextlib.suppress(OSError):
+            return read_split((self.log_dir / f"{self.group_id}-{index}.log").read_text())
+        return None
 
     def log_tail(self, index: int, lines: int = 30) -> str:
         path = self.log_dir / f"{self.group_id}-{index}.log"
@@ -202,10 +209,11 @@ async def run_backlog(
             rss = workers.peak_rss_mib()
         finally:
             codes = await asyncio.to_thread(workers.stop)
+            startup = workers.startup()
     added = after.events - before.events
     log.info("%s: %d events in %.1f s, exit codes %s", name, added, seconds, codes)
     note = "default settings; timed from process start"
-    phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu, writing)
+    phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu, writing, startup)
     checks = [
         Check(f"{name}: events rows", bench.size, added),
         Check(

@@ -1,0 +1,156 @@
+"""Where the write path's CPU goes, step by step, in µs per event.
+
+    python -m worker.devtools.profile [--events FILE] [--count N] [--database-url URL]
+
+Runs the worker's own functions on the benchmark's events (or on FILE, one
+message per line, as a producer would send it), a batch at a time, and prints
+one row per step: the best of `--repeat` passes, in this process's CPU time
+(so another process's load barely moves it). With `--database-url` (a
+database `persister migrate` has prepared) it also measures the client side of
+the COPY, in a transaction that is rolled back. Fetching, batching and the
+event loop are not in it: `make bench` measures the worker whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas.events import read_envelope
+from worker.core.settings import Limits
+from worker.core.startup import tune_collector
+from worker.devtools.bench.dataset import make_values
+from worker.pipeline.batching import Record
+from worker.pipeline.decoding import Rows, event_key, event_values, resource_values, to_rows
+from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS, stamped
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Message:
+    """A record as the worker reads it from Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None
+    timestamp: int
+
+
+def best_us(step: Callable[[], object], events: int, repeat: int) -> float:
+    """The fastest of `repeat` runs of `step`, in µs of CPU per event."""
+    times = []
+    for _ in range(repeat):
+        started = time.process_time()
+        step()
+        times.append(time.process_time() - started)
+    return min(times) / events * 1e6
+
+
+def batches(records: Sequence[Record], size: int) -> list[Sequence[Record]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def copy_records(rows: Rows) -> tuple[list[Any], list[Any]]:
+    """What the write hands to COPY (see `worker.pipeline.storage.insert_rows`)."""
+    resources = [r for row in rows.events for r in rows.resources[event_key(row)]]
+    return list(stamped(rows.events)), resources
+
+
+def steps(values: list[bytes], batch: int, repeat: int) -> list[tuple[str, float]]:
+    limits, n = Limits(), len(values)
+    now_ms = int(time.time() * 1000)
+    records = [Message("events", 0, i, v, None, now_ms) for i, v in enumerate(values)]
+    envelopes = [read_envelope(v, limits) for v in values]
+    received = [e.received or e.occurred for e in envelopes]
+    parts = batches(records, batch)
+    rows = [to_rows(part, limits, MAX_MESSAGE_BYTES) for part in parts]
+    measured: list[tuple[str, Callable[[], object]]] = [
+        ("`read_envelope`, with the rules", lambda: [read_envelope(v, limits) for v in values]),
+        ("`event_values`, with JSON text", lambda: list(map(event_values, envelopes, received))),
+        ("`resource_values`", lambda: list(map(resource_values, envelopes))),
+        ("whole `to_rows`", lambda: [to_rows(p, limits, MAX_MESSAGE_BYTES) for p in parts]),
+        ("the COPY records (stamped, resources in order)", lambda: list(map(copy_records, rows))),
+    ]  # fmt: skip
+    return [(name, best_us(step, n, repeat)) for name, step in measured]
+
+
+async def copy_client_us(url: str, values: list[bytes], batch: int, repeat: int) -> float:
+    """asyncpg's COPY of the rows, client CPU only, rolled back."""
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]  # only with a database
+
+    limits = Limits()
+    now_ms = int(time.time() * 1000)
+    records = [Message("events", 0, i, v, None, now_ms) for i, v in enumerate(values)]
+    prepared = [
+        copy_records(to_rows(p, limits, MAX_MESSAGE_BYTES)) for p in batches(records, batch)
+    ]
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        times = []
+        for _ in range(repeat):
+            took = 0.0
+            for event_rows, resource_rows in prepared:
+                transaction = conn.transaction()
+                await transaction.start()
+                started = time.process_time()
+                await conn.copy_records_to_table(
+                    "events", records=event_rows, columns=EVENT_COLUMNS
+                )
+                await conn.copy_records_to_table(
+                    "event_resources", records=resource_rows, columns=RESOURCE_COLUMNS
+                )
+                took += time.process_time() - started
+                await transaction.rollback()  # the tables stay as they were
+            times.append(took)
+    finally:
+        await conn.close()
+    return min(times) / len(values) * 1e6
+
+
+def read_values(path: Path | None, count: int) -> list[bytes]:
+    if path is None:
+        return make_values(count)
+    return [line for line in path.read_bytes().splitlines() if line.strip()][:count]
+
+
+def table(rows: list[tuple[str, float]]) -> str:
+    lines = ["| step | µs/event |", "|---|---:|"]
+    return "\n".join(lines + [f"| {name} | {us:.1f} |" for name, us in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=Path, help="one message per line (default: the bench's)")
+    parser.add_argument("--count", type=int, default=50_000, help="events to use (50000)")
+    parser.add_argument("--batch", type=int, default=5_000, help="events per batch (5000)")
+    parser.add_argument("--repeat", type=int, default=5, help="passes; the best counts (5)")
+    parser.add_argument("--database-url", help="a migrated database: adds the COPY's client side")
+    args = parser.parse_args(argv)
+    values = read_values(args.events, args.count)
+    # The collector as `persister run` sets it: its passes are part of the cost.
+    thresholds = gc.get_threshold()
+    tune_collector()
+    try:
+        rows = steps(values, args.batch, args.repeat)
+        if args.database_url:
+            url = args.database_url
+            copy_us = asyncio.run(copy_client_us(url, values, args.batch, args.repeat))
+            rows.append(("asyncpg `copy_records_to_table`, client side", copy_us))
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+    print(f"{len(values)} events, {args.batch} per batch, best of {args.repeat} (CPU time)")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
