@@ -24,7 +24,7 @@ from schemas.partitions import is_partition
 from schemas.sharing import SHARED_VERSION_TABLE, UNPREFIXED, UNPREFIXED_INDEX, VERSION_TABLE
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
-from tests.integration.conftest import partitions_ahead
+from tests.integration.conftest import only_partitions_ahead
 from tests.integration.support import (
     create_topic,
     end_offsets,
@@ -174,7 +174,7 @@ async def test_0006_partitions_the_tables_and_keeps_every_row(
     finally:
         await engine.dispose()
         await upgrade_async(url)
-        await partitions_ahead(url)
+        await only_partitions_ahead(url)
 
 
 # An install made before the worker's tables had their `persister_` names and
