@@ -152,7 +152,7 @@ class Accumulator:
             fresh = [record for record in fresh if record.offset >= buffer.position]
         added = len(fresh)
         if added:
-            sizes = [len(r.value or b"") + len(r.key or b"") for r in fresh]
+            sizes = list(map(record_size, fresh))
             buffer.records.extend(fresh)
             buffer.sizes.extend(sizes)
             size = sum(sizes)
