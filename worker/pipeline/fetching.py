@@ -119,7 +119,12 @@ def fetch_position(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | Non
 
 def log_end(consumer: AIOKafkaConsumer, ktp: TopicPartition) -> int | None:
     """The end of the partition's log as the last fetch saw it: the last
-    stable offset (read committed), or the high watermark."""
+    stable offset (read committed), or the high watermark. None for a
+    partition the consumer no longer has: a topic gone from the cluster
+    (deleted, recreated) leaves the assignment before the rebalance that
+    revokes it from `owned`, and aiokafka asserts on such a partition."""
+    if not consumer._subscription.is_assigned(ktp):
+        return None
     end = consumer.last_stable_offset(ktp)
     if end is None or end < 0:
         end = consumer.highwater(ktp)
@@ -165,9 +170,8 @@ class Fetching:
         consumer, now = self._consumer(), time.monotonic()
         for tp, state in self.owned.items():
             ktp = TopicPartition(*tp)
-            # A topic gone from the cluster (deleted, recreated) leaves the
-            # consumer's assignment before the rebalance that revokes it from
-            # `owned`: nothing is known of its log until then.
+            # A partition that left the assignment (see `log_end`) waits
+            # for its revoke: nothing is known of its log until then.
             if not state.ready or not consumer._subscription.is_assigned(ktp):
                 continue
             records = fetched.get(ktp, [])
@@ -272,6 +276,8 @@ class Fetching:
             return
         if offset is None or start <= offset <= end:
             return  # in range again (e.g. a leader caught up): fetch from there
+        if not consumer._subscription.is_assigned(ktp):
+            return  # left the assignment while the bounds were read: its revoke comes
         if offset > end:
             kind = "past_end"
             reason = (

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.pipeline.batching import Accumulator, Triggers
-from worker.pipeline.fetching import Fetching
+from worker.pipeline.fetching import Fetching, log_end
 from worker.pipeline.partitions import Owned
+from worker.pipeline.progress import Progress
 
 
 async def test_a_partition_the_consumer_no_longer_has_is_left_for_its_revoke() -> None:
@@ -24,3 +25,15 @@ async def test_a_partition_the_consumer_no_longer_has_is_left_for_its_revoke() -
         await consumer.stop()
 
     assert accumulator.buffered_bytes == 0
+
+
+async def test_progress_reports_no_lag_for_a_partition_the_consumer_no_longer_has() -> None:
+    """The same window, seen by the gauges: the report between fetches skips
+    the partition, where asking for its log end stopped the worker."""
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+    owned = {("gone", 0): Owned(stored=100, ready=True)}
+    try:
+        Progress().report(consumer, owned, n_paused=0, events=0)
+        assert log_end(consumer, TopicPartition("gone", 0)) is None
+    finally:
+        await consumer.stop()
