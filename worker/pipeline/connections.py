@@ -13,6 +13,8 @@ import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from worker.pipeline import moment_codec
+
 logger = logging.getLogger(__name__)
 
 
@@ -77,10 +79,13 @@ def create_engine(
     # Each host of a failover URL gets its own try (see `_each_host`).
     event.listen(engine.sync_engine, "do_connect", _each_host_connects)
     user_timeout_ms = int((timeout_s or 0) * 1000)
-    event.listen(
-        engine.sync_engine, "connect", lambda conn, _: _tcp_deadlines(conn, user_timeout_ms)
-    )
+    event.listen(engine.sync_engine, "connect", lambda conn, _: _on_connect(conn, user_timeout_ms))
     return engine
+
+
+def _on_connect(dbapi_connection: Any, user_timeout_ms: int) -> None:
+    _tcp_deadlines(dbapi_connection, user_timeout_ms)
+    dbapi_connection.run_async(moment_codec.install)
 
 
 def _each_host_connects(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
