@@ -20,6 +20,12 @@ UV := UV_PYTHON_DOWNLOADS=never $(UV_VENV)/bin/uv
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+# The machine's own tools are checked before anything is made, so a missing one
+# stops the first command within seconds, with how to get it.
+.PHONY: prerequisites
+prerequisites: ## Check the tools the machine must have: Python 3.11+, a JDK 17+, PostgreSQL 15+, promtool
+	@$(PYTHON) worker/devtools/prerequisites.py
+
 $(UV_VENV)/bin/uv:
 	$(PYTHON) -m venv $(UV_VENV)
 	$(UV_VENV)/bin/pip install -q uv==$(UV_VERSION)
@@ -28,8 +34,12 @@ $(BIN)/persister: pyproject.toml uv.lock $(UV_VENV)/bin/uv
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --compile-bytecode --locked --extra dev --python $(PYTHON) -q
 	@touch $@
 
+# Lint and unit tests need only the venv: no outside tool.
+.PHONY: venv
+venv: $(BIN)/persister ## Create .venv with exactly the locked versions (enough for lint and unit-test)
+
 .PHONY: install
-install: $(BIN)/persister ## Create .venv with exactly the locked versions; fetch the Kafka jars
+install: prerequisites $(BIN)/persister ## Check the prerequisites; create .venv with exactly the locked versions; fetch the Kafka jars
 	$(BIN)/python -c 'from worker.devtools.stack import kafka_libs; print("kafka jars in", kafka_libs())'
 
 .PHONY: lock
@@ -49,18 +59,18 @@ $(PREFECT_VENV)/installed: $(PREFECT_LOCK) $(UV_VENV)/bin/uv
 prefect-venv: $(PREFECT_VENV)/installed ## Create .venv-prefect with the pinned Prefect (its code and its server, for the tests)
 
 .PHONY: format
-format: install ## Format the code
+format: venv ## Format the code
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
 
 .PHONY: lint
-lint: install ## ruff and mypy --strict
+lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 
 .PHONY: unit-test
-unit-test: install ## Tests without I/O
+unit-test: venv ## Tests without I/O
 	$(BIN)/pytest -m "not integration"
 
 .PHONY: integration-test
@@ -68,7 +78,7 @@ integration-test: install prefect-venv ## Tests against a real Kafka broker and 
 	$(BIN)/pytest -m integration
 
 .PHONY: test
-test: lint prefect-venv ## Lint, unit and integration tests (all but the cluster and silent-network tests)
+test: install lint prefect-venv ## Lint, unit and integration tests (all but the cluster and silent-network tests)
 	$(BIN)/pytest -m "not cluster and not faults"
 
 .PHONY: test-faults

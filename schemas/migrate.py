@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -27,10 +26,3 @@ def upgrade(database_url: str, event_tables: str = "persister", revision: str = 
     """Raises `schemas.sharing.Refused` for a database that cannot be shared
     as `event_tables` says, having changed nothing."""
     command.upgrade(alembic_config(database_url, event_tables), revision)
-
-
-async def upgrade_async(
-    database_url: str, event_tables: str = "persister", revision: str = "head"
-) -> None:
-    # env.py runs its own event loop, so it must not share the caller's.
-    await asyncio.to_thread(upgrade, database_url, event_tables, revision)

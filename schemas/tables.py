@@ -16,7 +16,7 @@ its migrations keep their own version table (`persister_alembic_version`), so
 none of them can meet a table of Prefect's.
 
 On PostgreSQL both are partitioned by range of `occurred` (see
-`schemas.partitions`): every key includes `occurred`, and an index that leads
+`schemas.table_partitions`): every key includes `occurred`, and an index that leads
 with it is appended to at its right edge, which is cheap at any size. The
 indexes led by random values (event ids, names, resource ids) stay as small
 as one partition.

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.migrate import upgrade, upgrade_async
+from schemas.migrate import upgrade
 from schemas.tables import metadata
+from tests.integration.support import upgrade_async
 from worker.core.settings import Settings
 from worker.devtools.stack import LocalStack, StackInfo
 from worker.pipeline.connections import create_engine
-from worker.services.time_partitions import ensure_for
+from worker.services.table_partitions import ensure_for
 
 
 async def partitions_ahead(url: str) -> None:

@@ -14,11 +14,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from schemas.migrate import upgrade
 from schemas.tables import consumer_offsets, dead_letters, event_resources, events
 from worker.core import kafka_admin
 from worker.core.settings import Settings
 from worker.devtools.stack import StackInfo
 from worker.pipeline.persister import Persister
+
+
+async def upgrade_async(database_url: str) -> None:
+    """`persister migrate`'s migrations, from a test's event loop."""
+    # The migration environment runs its own event loop: not in this one.
+    await asyncio.to_thread(upgrade, database_url)
 
 
 def unique(prefix: str) -> str:

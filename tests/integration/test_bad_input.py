@@ -27,7 +27,7 @@ from tests.integration.support import (
 )
 from worker.devtools.loadgen import make_event, messages
 from worker.devtools.stack import StackInfo
-from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.dead_letters.records import origin
 from worker.pipeline.persister import Persister
 
 # Valid JSON and a valid envelope, but PostgreSQL refuses each: neither jsonb

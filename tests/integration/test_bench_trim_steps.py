@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from worker.core.settings import Settings
 from worker.devtools.bench.trim_steps import CURRENT, FROM_OLDEST, parse_args, run, summary
 from worker.devtools.stack import StackInfo
-from worker.services.time_partitions import ensure_for
+from worker.services.table_partitions import ensure_for
 
 # 4 s apart, so each cutoff falls exactly on an event (kept: not older).
 EVENTS = 21_600

@@ -31,7 +31,7 @@ from tests.integration.test_faults import (
 )
 from tests.integration.workers import WorkerPool, worker_env
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.dead_letters.records import origin
 
 PARTITIONS = 6
 WORKERS = 3

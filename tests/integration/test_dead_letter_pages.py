@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
-from worker.pipeline.dead_letter_records import unpublished_pages, unpublished_query
+from worker.pipeline.dead_letters.records import unpublished_pages, unpublished_query
 
 GROUP = "g"
 

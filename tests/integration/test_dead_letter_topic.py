@@ -36,7 +36,7 @@ from worker.core import metrics
 from worker.core.kafka_admin import create_topic, topic_config
 from worker.devtools.loadgen import encode, make_event
 from worker.devtools.stack import StackInfo
-from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.dead_letters.records import origin
 from worker.pipeline.persister import Persister
 from worker.services.health_server import readiness_problems
 

@@ -48,7 +48,7 @@ from worker.core.database_url import normalize
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import StackInfo
 from worker.pipeline.connections import create_engine
-from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.dead_letters.records import origin
 
 pytestmark = pytest.mark.faults
 

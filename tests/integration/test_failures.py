@@ -190,15 +190,15 @@ def test_bad_setting_before_connecting(
     [
         (
             ["status", "--watch", "true"],
-            "error: Got unexpected extra argument(s) (true); see `persister status --help`",
+            "error: got unexpected extra argument(s) (true); see `persister status --help`",
         ),
         (
             ["replay", "--topic", "events"],
-            "error: Invalid value: give exactly one of --to-earliest, --to-offset, "
+            "error: invalid value: give exactly one of --to-earliest, --to-offset, "
             "--to-timestamp, --by-duration; see `persister replay --help`",
         ),
         (["trim"], "error: trim runs once per call: pass --once (the service trims periodically)"),
-        (["nosuch"], "error: No such command 'nosuch'.; see `persister --help`"),
+        (["nosuch"], "error: no such command 'nosuch'; see `persister --help`"),
     ],
     ids=["extra-argument", "replay-target", "trim-once", "unknown-command"],
 )

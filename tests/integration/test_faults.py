@@ -39,7 +39,7 @@ from tests.integration.workers import READY_MARKER, WorkerPool, worker_env
 from worker.devtools.loadgen import INVALID_MESSAGES, messages
 from worker.devtools.stack import LocalStack, StackInfo
 from worker.pipeline.connections import create_engine
-from worker.pipeline.dead_letter_records import origin
+from worker.pipeline.dead_letters.records import origin
 from worker.pipeline.persister import Persister
 
 Position = tuple[int, int]  # (partition, offset)

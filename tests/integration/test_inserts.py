@@ -28,8 +28,7 @@ from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.batching import Record
 from worker.pipeline.decoding import to_rows
-from worker.pipeline.storage import write_batch
-from worker.pipeline.writer import BatchWriter
+from worker.pipeline.writer import BatchWriter, write_batch
 
 
 @contextmanager

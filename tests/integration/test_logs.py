@@ -27,7 +27,7 @@ from tests.integration.test_faults import (
 from tests.integration.workers import WorkerPool, worker_env
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.services.time_partitions import drop_expired
+from worker.services.table_partitions import drop_expired
 
 HARNESS = "=== "
 

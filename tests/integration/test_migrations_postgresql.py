@@ -19,8 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.migrate import alembic_config, upgrade_async
-from schemas.partitions import is_partition
+from schemas.migrate import alembic_config
 from schemas.sharing import SHARED_VERSION_TABLE, UNPREFIXED, UNPREFIXED_INDEX, VERSION_TABLE
 from schemas.tables import event_resources, events, metadata
 from tests import old_rows
@@ -33,9 +32,11 @@ from tests.integration.support import (
     send,
     settings_for,
     unique,
+    upgrade_async,
     wait_persisted,
 )
 from tests.integration.workers import run_command
+from tests.table_partition_names import is_partition
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import StackInfo
 from worker.pipeline.connections import create_engine

@@ -28,8 +28,9 @@ from tests.records import msgs
 from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.decoding import Rows, to_rows
+from worker.pipeline.offset_fence import FenceError
 from worker.pipeline.persister import Persister
-from worker.pipeline.storage import FenceError, write_batch
+from worker.pipeline.writer import write_batch
 
 
 def generated(n: int, seed: int) -> tuple[list[bytes], int]:

@@ -21,7 +21,7 @@ from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.decoding import event_key, to_rows
 from worker.pipeline.inserts import insert_events_and_resources
-from worker.pipeline.storage import batch_delete
+from worker.services.batch_delete import batch_delete
 from worker.services.retention import trim
 
 NOW = datetime.now(UTC)

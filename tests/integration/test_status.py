@@ -31,7 +31,7 @@ from worker.core import metrics
 from worker.core.kafka_admin import KafkaView
 from worker.devtools.loadgen import messages
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.pipeline.storage import advance_offset
+from worker.pipeline.offset_fence import advance_offset
 from worker.services.group_lag import publish
 
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.partitions import floor
+from schemas.table_partitions import floor
 from schemas.tables import event_resources, events
 from tests.integration.support import count, settings_for
-from tests.integration.test_partitions import day_name, store_at
+from tests.integration.test_table_partitions import day_name, store_at
 from worker.core import metrics
 from worker.core.leader import acquire, release
 from worker.devtools.stack import StackInfo
-from worker.services import time_partitions
+from worker.services import table_partitions
 from worker.services.retention import Trimmed, trim
-from worker.services.time_partitions import drop_expired, ensure, partitions
+from worker.services.table_partitions import drop_expired, ensure, partitions
 
 DAY = timedelta(days=1)
 NOON = floor(datetime.now(UTC), DAY) + timedelta(hours=12)
@@ -41,7 +41,7 @@ async def test_a_reader_holding_an_expired_partition_does_not_stop_retention(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(time_partitions, "LOCK_TIMEOUT", "300ms")
+    monkeypatch.setattr(table_partitions, "LOCK_TIMEOUT", "300ms")
     # Nothing older than the days of this test is left by another.
     await drop_expired(engine, NOON - 12 * DAY, None, pause_factor=0)
     await ensure(engine, NOON - 12 * DAY, NOON + DAY, DAY)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli import control, dead_letters, operate, run
+from worker.cli import control, dead_letters, positions, run
 from worker.cli.common import EXIT_BAD_SETTINGS, app, report
+from worker.cli.failures import usage_line
 
 # Importing the command modules registers their commands on `app`.
-__all__ = ["app", "control", "dead_letters", "operate", "run", "run_app"]
+__all__ = ["app", "control", "dead_letters", "positions", "run", "run_app"]
 
 
 def run_app(args: list[str]) -> int:
@@ -22,8 +23,8 @@ def run_app(args: list[str]) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
             typer.echo(context.get_help())
             return EXIT_BAD_SETTINGS
-        where = f"; see `{context.command_path} --help`" if context is not None else ""
-        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        where = context.command_path if context is not None else "persister"
+        typer.echo(usage_line(exc.format_message(), where), err=True)
         return EXIT_BAD_SETTINGS
     except typer.Abort:
         return 130

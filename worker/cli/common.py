@@ -30,6 +30,7 @@ from worker.cli.failures import (
     capture_client_logs,
     explain,
 )
+from worker.core import database_url
 from worker.core.setting_names import (
     describe_errors,
     describe_source_error,
@@ -57,6 +58,15 @@ def _version(value: bool) -> None:
         typer.echo(f"persister {__version__}")
         raise typer.Exit(0)
 
+
+def _flag_type(self: typer.core.TyperOption, ctx: typer.Context) -> str | None:
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+# Typer's help gives every option a type, flags too (`--force <bool>`), as if
+# they took a value: a flag is shown without one.
+_option_type = typer.core.TyperOption.display_type_rich
+setattr(typer.core.TyperOption, "display_type_rich", _flag_type)  # noqa: B010
 
 app = typer.Typer(
     help="Persist events from Kafka topics into PostgreSQL.",
@@ -194,7 +204,7 @@ def explain_line(exc: BaseException) -> str:
     settings = state.settings
     servers = settings.kafka_bootstrap_servers if settings else "?"
     database = settings.redacted_database_url() if settings else "?"
-    return explain(exc, servers, database).line
+    return explain(exc, servers, database, database_url.variable_set(os.environ)).line
 
 
 def report(exc: BaseException) -> int:
@@ -202,7 +212,7 @@ def report(exc: BaseException) -> int:
     settings = state.settings
     servers = settings.kafka_bootstrap_servers if settings else "?"
     database = settings.redacted_database_url() if settings else "?"
-    failure = explain(exc, servers, database)
+    failure = explain(exc, servers, database, database_url.variable_set(os.environ))
     debug = logging.getLogger().isEnabledFor(logging.DEBUG)
     if state.json_logs or (debug and failure.code == EXIT_UNEXPECTED):
         # A log shipper gets JSON to the end; DEBUG gets the traceback.

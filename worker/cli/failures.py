@@ -14,6 +14,7 @@ Exit codes:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from worker.core import database_url
 from worker.core.errors import OperatorNeeded
 from worker.pipeline.event_tables import Unwritable
-from worker.services.framework import CannotStart
+from worker.services.service import CannotStart
 
 EXIT_UNEXPECTED = 1
 EXIT_BAD_SETTINGS = 2
@@ -91,23 +92,24 @@ def kafka_line(exc: KafkaError, servers: str) -> str:
     )
 
 
-def database_line(exc: BaseException, where: str) -> str:
+def database_line(exc: BaseException, where: str, variable: str = database_url.VARIABLES) -> str:
+    """The line for a database failure; `variable`: what the URL was read from."""
     cause = exc.__cause__ or exc
     several = database_url.tried(where)
     where = database_url.shown(where)
     if several and (isinstance(cause, OSError | TimeoutError) or _no_host_matched(cause)):
-        return _no_host_line(cause, where, several)
+        return _no_host_line(cause, where, several, variable)
     if isinstance(cause, DBAPIError) and cause.orig is not None:
         text = _first_line(cause.orig)
         # "(sqlalchemy.dialects.postgresql.asyncpg.Error) <the server's words>"
         text = text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text
         if "relation" in text and "does not exist" in text:
             return f"database {where}: {text}; run `persister migrate`"
-        return f"database {where} refused: {text}; check DATABASE_URL"
+        return f"database {where} refused: {text}; check {variable}"
     if isinstance(cause, OSError | TimeoutError):
         return (
             f"database {where} is unreachable ({type(cause).__name__}: {_first_line(cause)}); "
-            "check DATABASE_URL and that PostgreSQL runs"
+            f"check {variable} and that PostgreSQL runs"
         )
     return f"database {where} failed: {type(cause).__name__}: {_first_line(cause)}"
 
@@ -118,7 +120,7 @@ def _no_host_matched(cause: BaseException) -> bool:
     return "None of the hosts match the target attribute" in str(orig or cause)
 
 
-def _no_host_line(cause: BaseException, where: str, hosts: list[str]) -> str:
+def _no_host_line(cause: BaseException, where: str, hosts: list[str], variable: str) -> str:
     """The driver tried each host in turn, and raised the last one's error:
     name them all."""
     tried = ", ".join(hosts)
@@ -128,12 +130,38 @@ def _no_host_line(cause: BaseException, where: str, hosts: list[str]) -> str:
         why = "each answered, none as target_session_attrs asks (a standby?)"
     return (
         f"database {where}: no host could be used (tried {tried} in turn; {why}); "
-        "check DATABASE_URL and that its primary runs"
+        f"check {variable} and that its primary runs"
     )
 
 
-def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
-    """The one line and exit code for `exc`."""
+def usage_line(message: str, command_path: str) -> str:
+    """A usage error as one line: the parser's sentences (`No such command
+    'x'.`, `Did you mean 'y'?`) made one clause, any hint after the first in
+    parentheses, and where the help is."""
+    sentences = re.split(r"(?<=[.?!])\s+(?=[A-Z])", " ".join(message.split()))
+    first, *hints = [_clause(s) for s in sentences if s]
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"error: {first}{hint}; see `{command_path} --help`"
+
+
+def _clause(sentence: str) -> str:
+    """`No such command 'x'.` -> `no such command 'x'` (an acronym keeps its
+    capitals; a question keeps its mark)."""
+    text = sentence.removesuffix(".")
+    text = text.replace(": Value error, ", ": ")
+    if text[:1].isupper() and not text[1:2].isupper():
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def explain(
+    exc: BaseException,
+    kafka_servers: str,
+    database: str,
+    variable: str = database_url.VARIABLES,
+) -> Failure:
+    """The one line and exit code for `exc`; `variable`: what the database
+    URL was read from."""
     if isinstance(exc, Failure):
         return exc
     if isinstance(exc, Unwritable):
@@ -145,7 +173,7 @@ def explain(exc: BaseException, kafka_servers: str, database: str) -> Failure:
     if isinstance(exc, KafkaError):
         return Failure(EXIT_UNAVAILABLE, kafka_line(exc, kafka_servers))
     if isinstance(exc, DatabaseFailure | SQLAlchemyError):
-        return Failure(EXIT_UNAVAILABLE, database_line(exc, database))
+        return Failure(EXIT_UNAVAILABLE, database_line(exc, database, variable))
     return Failure(
         EXIT_UNEXPECTED,
         f"unexpected failure: {type(exc).__name__}: {_first_line(exc)} "

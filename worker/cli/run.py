@@ -32,11 +32,11 @@ from worker.core.codecs import CodecError, check_codecs
 from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
 from worker.core.startup import IMPORTS, SETTINGS, clock, tune_collector
-from worker.pipeline.partitions import names
+from worker.pipeline.partition_state import names
 from worker.pipeline.persister import FlushAbandoned
-from worker.services import time_partitions
-from worker.services.framework import Service
+from worker.services import table_partitions
 from worker.services.retention import trim
+from worker.services.service import Service
 
 stack_app = typer.Typer(help="A local Kafka + PostgreSQL without Docker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -130,7 +130,7 @@ def migrate() -> None:
             now = datetime.now(UTC)
             created = asyncio.run(
                 with_engine(
-                    settings, lambda engine: time_partitions.ensure_for(engine, settings, now)
+                    settings, lambda engine: table_partitions.ensure_for(engine, settings, now)
                 )
             )
             typer.echo(f"created {created} partitions of events and event_resources")

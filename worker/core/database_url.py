@@ -13,19 +13,30 @@ first that matches (e.g. `read-write`: the primary, not a standby).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import parse_qsl, unquote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 VARIABLES = "PERSISTER_DATABASE_URL (or DATABASE_URL)"
+# The names the database URL is read from, in the order `Settings` tries them.
+DATABASE_VARIABLES = ("PERSISTER_DATABASE_URL", "DATABASE_URL")
 DEFAULT_PORT = 5432
 # What asyncpg 0.30-0.32 accepts (asyncpg.connect_utils.SessionAttribute).
 SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
 # scheme://authority/rest, the authority holding no '/', '?' or '#'.
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)$")
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9._-]+)(?::(?P<port>[^:]*))?$")
+
+
+def variable_set(environ: Mapping[str, str]) -> str:
+    """The variable the database URL was read from, as settings read it (the
+    names in any case, the first set wins); both names when the environment
+    has neither (the URL came from `.env`, a secret, or the default)."""
+    names = {name.upper() for name in environ}
+    found = [name for name in DATABASE_VARIABLES if name in names]
+    return found[0] if found else VARIABLES
 
 
 def normalize(value: str) -> str:

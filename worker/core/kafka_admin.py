@@ -25,6 +25,9 @@ from worker.core.settings import Settings
 RETRY_FOR_S = 10.0
 RETRY_BASE_S = 0.25
 RETRY_CAP_S = 2.0
+# Kafka's GROUP_ID_NOT_FOUND: what a coordinator answers for a group it does
+# not know (older brokers answer no error and the state "Dead").
+GROUP_ID_NOT_FOUND = 69
 T = TypeVar("T")
 
 
@@ -117,13 +120,13 @@ class KafkaView:
         return (await self.describe(group)).members
 
     async def describe(self, group: str) -> Group:
-        responses = await retrying(lambda: self.admin.describe_consumer_groups([group]))
+        responses = await retrying(lambda: self._described(group))
         members: list[Member] = []
         state = "Dead"
         for response in responses:
             for described in response.groups:
                 # (error, group, state, protocol type, protocol, members, ...)
-                state = str(described[2])
+                state = str(described[2]) or "Dead"
                 for member in described[5]:
                     # (member id, [instance id,] client id, host, metadata, assignment)
                     member_id, client_id, host, assignment = (
@@ -139,6 +142,19 @@ class KafkaView:
                     )
                     members.append(Member(member_id, str(client_id), str(host), owned))
         return Group(state, members)
+
+    async def _described(self, group: str) -> list[Any]:
+        """The coordinator's answer; its error, if any, raised (so a
+        coordinator that is moving is asked again rather than read as a
+        group with no state and no members). A group Kafka does not know is
+        an answer: "Dead"."""
+        responses: list[Any] = await self.admin.describe_consumer_groups([group])
+        for response in responses:
+            for described in response.groups:
+                code = int(described[0])
+                if code not in (0, GROUP_ID_NOT_FOUND):
+                    raise for_code(code)(f"describing group {group!r}")
+        return responses
 
     async def commit(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Set the group's committed offsets (the group must have no members)."""

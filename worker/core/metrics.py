@@ -151,7 +151,7 @@ trim_last_success = Gauge(
 )
 conditions = Gauge(
     "persister_conditions",
-    "Problems that persist until something changes (see the README's Troubleshooting), by kind",
+    "Problems that persist until something changes (docs/operating.md, Troubleshooting), by kind",
     ["kind"],
     registry=registry,
 )

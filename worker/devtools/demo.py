@@ -36,7 +36,9 @@ INVALID_EVERY = 10_000
 WORKERS = 2
 GROUP = "event-persister"
 
-console = Console()
+# Lines are not cut to a width: a terminal wraps them itself, and a file or
+# a pipe has none (rich would assume 80 columns).
+console = Console(soft_wrap=True)
 
 
 def start_workers(info: StackInfo, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -127,7 +129,7 @@ def report(positions: list[tuple[int, int, int]], counts: dict[str, int], took_s
         table.add_column(column, justify="right")
     for partition, stored, end in sorted(positions):
         table.add_row(str(partition), str(stored), str(end), str(end - stored))
-    console.print(table)
+    console.print(table, soft_wrap=False)  # its title centred over it
     console.print(
         f"{counts['events']} events, {counts['event_resources']} resource rows, "
         f"{counts['dead_letters']} dead letters; produced and persisted in {took_s:.1f} s"

@@ -60,7 +60,7 @@ def batches(records: Sequence[Record], size: int) -> list[Sequence[Record]]:
 
 
 def copy_records(rows: Rows) -> tuple[list[Any], list[Any]]:
-    """What the write hands to COPY (see `worker.pipeline.storage.insert_rows`)."""
+    """What the write hands to COPY (see `worker.pipeline.inserts.insert_rows`)."""
     resources = [r for row in rows.events for r in rows.resources[event_key(row)]]
     return list(stamped(rows.events)), resources
 

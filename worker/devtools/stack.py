@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.devtools.prerequisites import pg_bin
 from worker.devtools.stack_files import StackError, accepts, default_state_dir, free_ports, tail
 from worker.devtools.stack_kafka import (
     SASL_PASSWORD,
@@ -90,11 +91,8 @@ SERVER_SETTINGS = {
 
 
 def _pg_bin(name: str) -> str:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-        if (path := Path(out.stdout.strip()) / name).exists():
-            return str(path)
-    return name
+    """The path `prerequisites.pg_bin` finds, else the bare name (for the error to name)."""
+    return pg_bin(name) or name
 
 
 class LocalStack:

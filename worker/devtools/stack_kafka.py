@@ -25,6 +25,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from worker.devtools import kafka_jars
 from worker.devtools.stack_files import StackError, cache_dir, read_since, runs, tail
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,25 @@ def kafka_version(pom: Path = POM) -> str:
 
 
 def kafka_libs() -> Path:
-    """The broker's jars, downloaded by Maven on first use."""
+    """The broker's jars, fetched from Maven Central on first use (`kafka_jars`)."""
     libs = cache_dir() / f"kafka-{kafka_version()}" / "libs"
     if libs.is_dir() and any(libs.iterdir()):
         return libs
+    jars = kafka_jars.pinned()
+    if (pinned := kafka_jars.broker_version(jars)) != kafka_version():
+        raise StackError(
+            f"{kafka_jars.LOCK.name} pins Kafka {pinned} but {POM.name} says {kafka_version()}:"
+            " run `python -m worker.devtools.kafka_jars`"
+        )
     libs.parent.mkdir(parents=True, exist_ok=True)
     # Download beside the final place and rename, so an interrupted download never looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=".libs-", dir=libs.parent))
     log.info("downloading Kafka %s jars into %s", kafka_version(), libs)
     try:
-        cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"]
-        cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            output = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
-            raise StackError(f"mvn failed (exit {done.returncode}):\n{output}")
+        try:
+            kafka_jars.fetch_all(jars, tmp)
+        except kafka_jars.JarError as e:
+            raise StackError(str(e)) from e
         with contextlib.suppress(OSError):
             libs.rmdir()  # an empty leftover would block the rename
         with contextlib.suppress(OSError):  # a concurrent download may have won the race

@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import dead_letters
 from worker.core.settings import Settings
-from worker.pipeline.dead_letter_records import request_bytes
-from worker.pipeline.dead_letter_sender import TOO_LARGE
+from worker.pipeline.dead_letters import TOO_LARGE, request_bytes
 
 
 @dataclass(frozen=True)

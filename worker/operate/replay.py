@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.tables import consumer_offsets
 from worker.core.kafka_admin import KafkaView
+from worker.core.sql_dialect import dialect_insert
 from worker.pipeline.controls import request_reload
-from worker.pipeline.storage import dialect_insert
 
 
 class ReplayRefused(Exception):

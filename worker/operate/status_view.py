@@ -24,7 +24,9 @@ def flush_time(when: datetime | None, now: datetime) -> str:
 
 
 def status_table(status: Status) -> Group:
-    table = Table(title=f"group {status.group!r} ({status.state})")
+    # The state Kafka gives the group (Stable, Empty, ...), when it gives one.
+    state = f" ({status.state})" if status.state else ""
+    table = Table(title=f"group {status.group!r}{state}")
     for column in ("topic", "part", "member", "stored", "committed", "end", "lag"):
         table.add_column(column, justify="left" if column in ("topic", "member") else "right")
     table.add_column("last flush (UTC)")

@@ -180,11 +180,6 @@ class Accumulator:
             or (buffer.since is not None and now - buffer.since >= t.flush_every_s)
         )
 
-    def has_work(self, tp: TP) -> bool:
-        """Records to write, or an offset to store."""
-        buffer = self._buffers.get(tp)
-        return buffer is not None and bool(buffer.records or buffer.advance_pending)
-
     def due(self, now: float) -> list[TP]:
         return [tp for tp in self._buffers if self.is_due(tp, now)]
 

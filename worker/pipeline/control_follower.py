@@ -13,7 +13,7 @@ from worker.core import metrics
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator
 from worker.pipeline.controls import ControlWatcher
-from worker.pipeline.partitions import Owned
+from worker.pipeline.partition_state import Owned
 
 logger = logging.getLogger(__name__)
 

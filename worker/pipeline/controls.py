@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.tables import partition_controls
 from worker.core.conditions import Conditions
 from worker.core.retry import backoff_s
+from worker.core.sql_dialect import dialect_insert
 from worker.core.topic_partition import TP
-from worker.pipeline.storage import dialect_insert
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,27 @@ async def read_controls(conn: AsyncConnection, group: str) -> list[Control]:
     return [Control(r.topic, r.partition, bool(r.paused), int(r.reload)) for r in rows]
 
 
+def _upsert(
+    conn: AsyncConnection,
+    group: str,
+    topic: str,
+    partition: int,
+    values: dict[str, Any],
+    on_conflict: dict[str, Any] | None = None,
+) -> Any:
+    """Insert the group's row for `topic`'s `partition` with `values`, or
+    where it exists set `on_conflict` (`values` by default) and `updated`; in
+    `conn`'s dialect (PostgreSQL or SQLite)."""
+    c = partition_controls.c
+    stmt = dialect_insert(conn, partition_controls).values(
+        group_id=group, topic=topic, partition=partition, **values
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[c.group_id, c.topic, c.partition],
+        set_={**(values if on_conflict is None else on_conflict), "updated": func.now()},
+    )
+
+
 async def set_paused(
     engine: AsyncEngine, group: str, topic: str, partition: int | None, paused: bool
 ) -> None:
@@ -78,15 +100,7 @@ async def set_paused(
                 .values(paused=False, updated=func.now())
             )
             return
-        stmt = dialect_insert(conn, partition_controls).values(
-            group_id=group, topic=topic, partition=where, paused=paused
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[c.group_id, c.topic, c.partition],
-                set_={"paused": paused, "updated": func.now()},
-            )
-        )
+        await conn.execute(_upsert(conn, group, topic, where, {"paused": paused}))
 
 
 async def topic_paused(engine: AsyncEngine, group: str, topic: str) -> bool:
@@ -101,19 +115,10 @@ async def resume_one_of_paused_topic(
 ) -> None:
     """Resume one partition of a topic paused as a whole: the topic's pause
     becomes a pause of each of its other `partitions` (one transaction)."""
-    c = partition_controls.c
     async with engine.begin() as conn:
         for partition in sorted({*partitions, resumed, WHOLE_TOPIC}):
             paused = partition not in (resumed, WHOLE_TOPIC)
-            stmt = dialect_insert(conn, partition_controls).values(
-                group_id=group, topic=topic, partition=partition, paused=paused
-            )
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[c.group_id, c.topic, c.partition],
-                    set_={"paused": paused, "updated": func.now()},
-                )
-            )
+            await conn.execute(_upsert(conn, group, topic, partition, {"paused": paused}))
 
 
 async def request_reload(
@@ -123,15 +128,8 @@ async def request_reload(
     the caller's transaction, with the move itself)."""
     c = partition_controls.c
     for partition in partitions:
-        stmt = dialect_insert(conn, partition_controls).values(
-            group_id=group, topic=topic, partition=partition, reload=1
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[c.group_id, c.topic, c.partition],
-                set_={"reload": c.reload + 1, "updated": func.now()},
-            )
-        )
+        upsert = _upsert(conn, group, topic, partition, {"reload": 1}, {"reload": c.reload + 1})
+        await conn.execute(upsert)
 
 
 class ControlWatcher:

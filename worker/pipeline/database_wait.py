@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from worker.core import database_url
 from worker.core.conditions import Conditions
 from worker.core.errors import OperatorNeeded, describe, needs_operator, sqlstate
 from worker.core.retry import backoff_s
-from worker.pipeline.partitions import RETRY_CAP_S
+from worker.pipeline.partition_state import RETRY_CAP_S
 
 CHECK_TIMEOUT_S = 5.0
 # 1 s, 2 s, ... up to 30 s between checks, jittered.
@@ -110,8 +111,11 @@ def waits_for(table: str, event_tables: str) -> bool:
     return event_tables == "prefect" and table in PREFECT_TABLES
 
 
-def refusal(found: Findings, event_tables: str, where: str) -> str | None:
-    """The one line for what a person must fix, or None. Pure."""
+def refusal(
+    found: Findings, event_tables: str, where: str, variable: str = database_url.VARIABLES
+) -> str | None:
+    """The one line for what a person must fix, or None; `variable`: what
+    the URL was read from. Pure."""
     missing = [t for t in found.missing if not waits_for(t, event_tables)]
     if missing:
         return f"database {where} has no table {', '.join(missing)}; run `persister migrate`"
@@ -119,16 +123,16 @@ def refusal(found: Findings, event_tables: str, where: str) -> str | None:
         lacks = "; ".join(f"{', '.join(p)} on {t}" for t, p in found.lacking.items())
         return (
             f'database {where} refused: role "{found.role}" lacks {lacks}; grant them, or '
-            "set DATABASE_URL to a role that has them"
+            f"set {variable} to a role that has them"
         )
     return None
 
 
-def refused_line(exc: BaseException, where: str) -> str:
+def refused_line(exc: BaseException, where: str, variable: str = database_url.VARIABLES) -> str:
     """The one line for an error `needs_operator` says no retry mends."""
     # The server's words, as the other commands say them: the SQLSTATE aside.
     reason = describe(exc)[1].removeprefix(f"SQLSTATE {sqlstate(exc)}: ")
-    return f"database {where} refused: {reason}; check DATABASE_URL"
+    return f"database {where} refused: {reason}; check {variable}"
 
 
 def _where(engine: AsyncEngine) -> str:
@@ -142,13 +146,14 @@ async def _usable(engine: AsyncEngine, needs: Needs, event_tables: str) -> str |
         found = await look(engine, needs)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         if needs_operator(exc):
-            raise OperatorNeeded(refused_line(exc, _where(engine))) from exc
+            variable = database_url.variable_set(os.environ)
+            raise OperatorNeeded(refused_line(exc, _where(engine), variable)) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if hosts := database_url.tried(engine.url):
             # The driver raised the last host's error only.
             first = f"no host could be used (tried {', '.join(hosts)}; the last: {first})"
         return f"{type(exc).__name__}: {first}"
-    line = refusal(found, event_tables, _where(engine))
+    line = refusal(found, event_tables, _where(engine), database_url.variable_set(os.environ))
     if line is not None:
         raise OperatorNeeded(line)
     if found.missing:

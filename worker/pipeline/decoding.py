@@ -4,8 +4,8 @@ Every record ends as exactly one of: an event row (with its resource rows), a
 duplicate of an event earlier in the same batch, or a `Rejection` bound for the
 dead-letter destination. A duplicate is one with the same key as the table's,
 (id, occurred): an event with the id of an earlier one but another
-`occurred` is a row of its own, as it would be in a later batch (README,
-"Tables").
+`occurred` is a row of its own, as it would be in a later batch
+(docs/storage.md, "Idempotency").
 """
 
 from __future__ import annotations

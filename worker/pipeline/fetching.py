@@ -39,7 +39,7 @@ from worker.core.settings import Settings
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record
 from worker.pipeline.fetch_errors import FetchErrorKind, describe, kind_of, named_partitions
-from worker.pipeline.partitions import Owned
+from worker.pipeline.partition_state import Owned
 
 logger = logging.getLogger(__name__)
 

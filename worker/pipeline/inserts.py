@@ -6,36 +6,53 @@ conflict check; but COPY cannot skip a row already stored. So when COPY meets
 an event already stored (a producer's retry, a replay) or any other error,
 the savepoint is rolled back and the batch goes through the INSERT below,
 which skips stored events and reports a row the database refuses the way
-every other statement does. The caller decides which to try first (see
-`worker.pipeline.writer`).
+every other statement does. `CopyFirst` decides which to try first: a
+partition's batch goes in by COPY unless its last batch met events already
+stored. Duplicates come in runs (a replay, a producer re-sending what it
+sent), and while they last an INSERT that skips them costs less than a COPY
+refused first. The first batch without duplicates switches it back.
 
 PostgreSQL, INSERT: ONE statement for both tables. Each column arrives as an array
 and is `unnest`ed (`INSERT ... SELECT * FROM unnest($1::uuid[], ...)`); the
 events insert returns the keys (id, occurred) that were new, and a second
 data-modifying CTE inserts the resource rows of those events only. An event
-is stored once per (id, occurred): see README, "Tables". One round trip and one prepared
-statement whatever the batch size, and no limit on bind parameters. JSON
-columns arrive as JSON text (see `worker.pipeline.decoding`), so nothing is serialised
-twice.
+is stored once per (id, occurred): see docs/storage.md, "Idempotency". One
+round trip and one prepared statement whatever the batch size, and no limit
+on bind parameters. JSON columns arrive as JSON text (see
+`worker.pipeline.decoding`), so nothing is serialised twice.
 
 Other dialects (SQLite): SQLAlchemy's executemany, with the JSON columns bound
 as text for the same reason.
+
+A batch the database rejects a row of is written again by `Isolation`, which
+finds the rejected events by halving, each try in a savepoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import Table, Text, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.tables import event_resources, events
-from worker.pipeline.decoding import EVENT_FIELDS, JSON_COLUMNS, RESOURCE_FIELDS, Row
+from worker.core.errors import ErrorKind, classify, describe
+from worker.core.topic_partition import TP
+from worker.pipeline.decoding import (
+    EVENT_FIELDS,
+    JSON_COLUMNS,
+    RESOURCE_FIELDS,
+    Rejection,
+    Row,
+    Rows,
+    event_key,
+)
 
 
 def _columns(table: Table) -> list[str]:
@@ -167,3 +184,70 @@ def _generic_insert(table: Table) -> Any:
         name: bindparam(name, type_=Text) for name in _columns(table) if name in JSON_COLUMNS
     }
     return sqlite.insert(table).values(json_text).on_conflict_do_nothing()
+
+
+class CopyFirst:
+    """Whether a partition's next batch tries COPY first (see the module's
+    docstring): not while its last batch held events already stored."""
+
+    def __init__(self) -> None:
+        self._duplicates: set[TP] = set()
+
+    def __call__(self, tp: TP) -> bool:
+        return tp not in self._duplicates
+
+    def written(self, tp: TP, new_events: int, events: int) -> None:
+        """`tp`'s batch of `events` events stored `new_events` of them."""
+        if new_events < events:
+            self._duplicates.add(tp)
+        else:
+            self._duplicates.discard(tp)
+
+
+async def insert_rows(
+    conn: AsyncConnection, event_rows: list[Row], rows: Rows, copy: bool = False
+) -> tuple[int, int, bool]:
+    """Insert events idempotently, and resource rows for the new ones only;
+    with `copy` (PostgreSQL), try COPY first (see the module's docstring).
+    Returns (new events, resource rows, whether the INSERT wrote them)."""
+    resources = [r for row in event_rows for r in rows.resources[event_key(row)]]
+    if copy and conn.dialect.name == "postgresql":
+        copied = await copy_events_and_resources(conn, event_rows, resources)
+        if copied is not None:
+            return *copied, False
+    return *await insert_events_and_resources(conn, event_rows, resources), bool(event_rows)
+
+
+@dataclass
+class Isolation:
+    """Finds the events the database rejects by halving: each attempt runs in
+    a savepoint, a half that fails is split again, and when the left half of a
+    failed range succeeds the right half is split without trying it whole."""
+
+    conn: AsyncConnection
+    rows: Rows
+    attempts: int = 0
+    events: int = 0
+    resources: int = 0
+
+    async def run(self, part: list[Row], known_bad: bool = False) -> list[Rejection]:
+        if not part:
+            return []
+        if not known_bad or len(part) == 1:
+            self.attempts += 1
+            try:
+                async with self.conn.begin_nested():
+                    n_events, n_resources, _ = await insert_rows(self.conn, part, self.rows)
+            except StatementError as exc:
+                if classify(exc) is not ErrorKind.DATA:
+                    raise
+                if len(part) == 1:
+                    source = self.rows.sources[event_key(part[0])]
+                    return [Rejection(source, *describe(exc))]
+            else:
+                self.events += n_events
+                self.resources += n_resources
+                return []
+        middle = len(part) // 2
+        rejected = await self.run(part[:middle])
+        return rejected + await self.run(part[middle:], known_bad=not rejected)

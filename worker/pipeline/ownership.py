@@ -21,13 +21,13 @@ from worker.core.startup import clock
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator
 from worker.pipeline.control_follower import ControlFollower
-from worker.pipeline.dead_letter_sender import DeadLetterPublisher
+from worker.pipeline.dead_letters import DeadLetterPublisher
 from worker.pipeline.fetching import Fetching, key, seek_stored
 from worker.pipeline.kafka_commits import KafkaCommits
-from worker.pipeline.partitions import Owned, Stats, fields, names
+from worker.pipeline.offset_fence import load_offsets
+from worker.pipeline.partition_state import Owned, Stats, fields, names
 from worker.pipeline.retries import Retries
 from worker.pipeline.stalls import LOADING, Stalls
-from worker.pipeline.storage import load_offsets
 from worker.pipeline.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)

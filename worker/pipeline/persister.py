@@ -1,6 +1,6 @@
 """Group membership, fetching and flushing: the persister's main loop.
 
-Order for every batch (see `worker.pipeline.storage`): write rows and the fenced offset
+Order for every batch (see `worker.pipeline.writer`): write rows and the fenced offset
 in one database transaction, and only after it commits, commit the same offset
 to Kafka (best effort; the database copy is the truth and is where a newly
 assigned partition resumes from).
@@ -37,17 +37,17 @@ from worker.core.startup import clock
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Accumulator, Record, Triggers
 from worker.pipeline.control_follower import ControlFollower
-from worker.pipeline.dead_letter_sender import DeadLetterPublisher
+from worker.pipeline.dead_letters import DeadLetterPublisher
 from worker.pipeline.fetching import Fetching, key, new_consumer
 from worker.pipeline.kafka_commits import KafkaCommits
 from worker.pipeline.kafka_login import refuse_bad_login, refused_line
 from worker.pipeline.missing_topics import MissingTopics
+from worker.pipeline.offset_fence import FenceError
 from worker.pipeline.ownership import Ownership
-from worker.pipeline.partitions import RETRY_CAP_S, Owned, Stats, names
+from worker.pipeline.partition_state import RETRY_CAP_S, Owned, Stats, names
 from worker.pipeline.progress import Progress, report_write
 from worker.pipeline.retries import Retries
 from worker.pipeline.stalls import LISTING_TOPICS, READING_CONTROLS, WRITING, Stalls
-from worker.pipeline.storage import FenceError
 from worker.pipeline.watchdog import Watchdog
 from worker.pipeline.writer import BatchWriter
 

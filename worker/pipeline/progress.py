@@ -15,8 +15,8 @@ from worker.core import metrics
 from worker.core.topic_partition import TP
 from worker.pipeline.batching import Record
 from worker.pipeline.fetching import log_end
-from worker.pipeline.partitions import Owned, fields
-from worker.pipeline.storage import Written
+from worker.pipeline.partition_state import Owned, fields
+from worker.pipeline.writer import Written
 
 logger = logging.getLogger(__name__)
 

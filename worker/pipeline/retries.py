@@ -17,7 +17,7 @@ from worker.core.conditions import Conditions
 from worker.core.errors import describe, needs_operator
 from worker.core.retry import backoff_s
 from worker.core.topic_partition import TP
-from worker.pipeline.partitions import RETRY_BASE_S, RETRY_CAP_S, Owned, fields
+from worker.pipeline.partition_state import RETRY_BASE_S, RETRY_CAP_S, Owned, fields
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 On the worker's own tables on PostgreSQL a trim first creates the partitions
 ahead and drops the partitions wholly older than the retention period
-(`worker.services.time_partitions`, fenced by the lease). Then it deletes, for
+(`worker.services.table_partitions`, fenced by the lease). Then it deletes, for
 each rule, resource rows first and then events, in batches
-(`worker.pipeline.storage.batch_delete`), each batch an index range scan on
+(`worker.services.batch_delete`), each batch an index range scan on
 `occurred`: in each partition that still holds rows older than the rule's
 cutoff (the one straddling it, the DEFAULT one, and for overrides the younger
 ones), or in the whole tables on SQLite and in Prefect's tables, which are not
@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from schemas.tables import event_resources, events
 from worker.core.leader import Lease, holds
 from worker.core.settings import Settings
-from worker.pipeline.storage import batch_delete
-from worker.services import time_partitions
+from worker.services import table_partitions
+from worker.services.batch_delete import batch_delete
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +95,9 @@ async def trim(
     partitioned = engine.dialect.name == "postgresql" and settings.event_tables == "persister"
     dropped = 0
     if partitioned and not dry_run:
-        await time_partitions.ensure_for(engine, settings, when)
+        await table_partitions.ensure_for(engine, settings, when)
         cutoff = when - settings.retention
-        dropped = len(await time_partitions.drop_expired(engine, cutoff, lease))
+        dropped = len(await table_partitions.drop_expired(engine, cutoff, lease))
     totals = [0, 0]
     for rule in rules(when, settings.retention, settings.retention_overrides):
         for i, table in enumerate((event_resources, events)):
@@ -106,7 +106,7 @@ async def trim(
                 continue
             targets = [table]
             if partitioned:
-                targets = await time_partitions.straddling(engine, table, rule.cutoff)
+                targets = await table_partitions.straddling(engine, table, rule.cutoff)
             for target in targets:
                 totals[i] += await _delete(engine, settings, lease, rule, table, target)
     return Trimmed(totals[0], totals[1], dropped)

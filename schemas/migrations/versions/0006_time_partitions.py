@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from alembic import op
 
-from schemas.partitions import create_default_sql, create_sql, slots
 from schemas.sharing import owns_event_tables
+from schemas.table_partitions import create_default_sql, create_sql, slots
 
 revision = "0006"
 down_revision = "0005"

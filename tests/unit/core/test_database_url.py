@@ -132,7 +132,7 @@ WHERE = (
 
 def test_a_connection_failure_names_every_host_tried() -> None:
     refused = ConnectionRefusedError(111, "Connect call failed ('h2', 5432)")
-    assert database_line(refused, WHERE) == (
+    assert database_line(refused, WHERE, "DATABASE_URL") == (
         "database postgresql://u:***@h1:5432,h2:5432/db?target_session_attrs=read-write: "
         "no host could be used (tried h1:5432, h2:5432 in turn; the last error: "
         "ConnectionRefusedError: [Errno 111] Connect call failed ('h2', 5432)); "
@@ -147,7 +147,7 @@ def test_hosts_that_all_answer_as_standbys_are_named() -> None:
             "<SessionAttribute.read_write: 'read-write'>"
         )
 
-    assert database_line(InternalError(), WHERE) == (
+    assert database_line(InternalError(), WHERE, "DATABASE_URL") == (
         "database postgresql://u:***@h1:5432,h2:5432/db?target_session_attrs=read-write: "
         "no host could be used (tried h1:5432, h2:5432 in turn; each answered, none as "
         "target_session_attrs asks (a standby?)); check DATABASE_URL and that its primary runs"
@@ -156,7 +156,7 @@ def test_hosts_that_all_answer_as_standbys_are_named() -> None:
 
 def test_one_host_is_worded_as_before() -> None:
     refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
-    assert database_line(refused, "postgresql+asyncpg://u:***@db:5432/events") == (
+    assert database_line(refused, "postgresql+asyncpg://u:***@db:5432/events", "DATABASE_URL") == (
         "database postgresql+asyncpg://u:***@db:5432/events is unreachable "
         "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432)); "
         "check DATABASE_URL and that PostgreSQL runs"

@@ -17,7 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from worker.core.settings import Limits, ServicesSettings, ServiceToggle, Settings
-from worker.services.framework import EventPersister, MetricsServer, RetentionTrimmer, Service
+from worker.services.event_persister import EventPersister
+from worker.services.metrics_server import MetricsServer
+from worker.services.retention_trimmer import RetentionTrimmer
+from worker.services.service import Service
 
 PLAIN_NAMES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
 

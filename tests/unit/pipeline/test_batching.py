@@ -415,18 +415,17 @@ def test_markers_alone_make_the_partition_due_to_store_the_offset() -> None:
     a = acc()
     a.reset(TP, 10)
     assert a.add(TP, [], T0, fetched_to=10) == 0
-    assert not a.has_work(TP)
+    assert TP not in a.partitions()
     # Only an abort marker and an aborted batch came: nothing to write but
     # the offset.
     assert a.add(TP, [], T0, fetched_to=17) == 0
-    assert a.has_work(TP)
     assert a.partitions() == [TP]
     assert not a.is_due(TP, T0 + AGE / 2)
     assert a.is_due(TP, T0 + AGE)
     assert a.next_due_in(T0) == AGE
     assert a.next_offset(TP, a.peek(TP)) == 17
     a.consume(TP, 0, 17)
-    assert not a.has_work(TP)
+    assert TP not in a.partitions()
     assert not a.is_due(TP, T0 + 10)
 
 
@@ -441,7 +440,7 @@ def test_no_stored_offset_stores_the_first_position_known() -> None:
     a = acc()
     a.reset(TP, None)
     assert a.add(TP, [], T0, fetched_to=None) == 0
-    assert not a.has_work(TP)
+    assert TP not in a.partitions()
     a.add(TP, [], T0, fetched_to=5)
     assert a.next_offset(TP, a.peek(TP)) == 5
 

@@ -35,10 +35,10 @@ def test_each_lacking_privilege_is_named_with_its_table() -> None:
         role="ro",
         lacking={"persister_consumer_offsets": ["INSERT", "UPDATE"], "events": ["INSERT"]},
     )
-    assert refusal(found, "persister", WHERE) == (
+    assert refusal(found, "persister", WHERE, "PERSISTER_DATABASE_URL") == (
         f'database {WHERE} refused: role "ro" lacks INSERT, UPDATE on '  # noqa: S608
-        "persister_consumer_offsets; INSERT on events; grant them, or set DATABASE_URL to a "
-        "role that has them"
+        "persister_consumer_offsets; INSERT on events; grant them, or set "
+        "PERSISTER_DATABASE_URL to a role that has them"
     )
 
 

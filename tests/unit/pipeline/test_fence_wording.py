@@ -13,7 +13,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.tables import consumer_offsets
-from worker.pipeline.storage import FenceError, advance_offset
+from worker.pipeline.offset_fence import FenceError, advance_offset
 
 TP = ("events", 2)
 

@@ -6,7 +6,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.pipeline.batching import Accumulator, Triggers
 from worker.pipeline.fetching import Fetching, log_end
-from worker.pipeline.partitions import Owned
+from worker.pipeline.partition_state import Owned
 from worker.pipeline.progress import Progress
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from worker.core import metrics
-from worker.pipeline.partitions import Owned
+from worker.pipeline.partition_state import Owned
 from worker.pipeline.retries import Retries
 
 

@@ -26,7 +26,7 @@ from schemas.limits import (
     utf8_length,
 )
 from schemas.tables import metadata
-from worker.services.framework import RetentionTrimmer
+from worker.services.retention_trimmer import RetentionTrimmer
 
 HEADER_BYTES = 8
 # (width, alignment) of the fixed-width types used in keys.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.services.time_partitions import MAX_PAUSE_S, PAUSE_FACTOR, pause_after
+from worker.services.table_partitions import MAX_PAUSE_S, PAUSE_FACTOR, pause_after
 
 
 def test_the_pause_is_four_times_the_step() -> None:

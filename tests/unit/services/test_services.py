@@ -25,7 +25,10 @@ from typing import ClassVar
 import pytest
 
 from worker.core.settings import Settings
-from worker.services.framework import EventPersister, MetricsServer, RetentionTrimmer, Service
+from worker.services.event_persister import EventPersister
+from worker.services.metrics_server import MetricsServer
+from worker.services.retention_trimmer import RetentionTrimmer
+from worker.services.service import Service
 
 TIMEOUT_S = 5.0
 
@@ -166,12 +169,12 @@ async def test_running_stops_every_service_even_when_the_body_fails(settings: Se
 async def test_running_logs_a_failed_service_on_exit_instead_of_raising(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="worker.services.framework"):
+    with caplog.at_level(logging.ERROR, logger="worker.services.service"):
         async with _TestRoot.running(settings) as tasks:
             await started(instance(_Idle))
             await started(instance(_Crashes))
     assert [t.get_name() for t in tasks] == ["idle", "crashes"]
-    assert [r.getMessage() for r in caplog.records if r.name == "worker.services.framework"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "worker.services.service"] == [
         "service crashes failed: RuntimeError('boom')"
     ]
     assert instance(_Idle).finished is True

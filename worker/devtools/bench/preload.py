@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from worker.devtools.bench import db
 
@@ -70,7 +70,3 @@ async def preload(
         log.info("preload %s: %d of %d events", schema, first + count, events)
     await conn.execute("CHECKPOINT")
     return time.monotonic() - started
-
-
-def preload_range(now: datetime, days: float) -> tuple[datetime, datetime]:
-    return now - timedelta(days=days), now

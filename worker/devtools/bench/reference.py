@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.devtools.bench import db
-from worker.pipeline.storage import batch_delete_statement
+from worker.services.batch_delete import batch_delete_statement
 
 SCHEMA = "bench_previous"
 # Rows per delete batch: the trimmer's default, then and now.

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.migrate import upgrade
-from schemas.partitions import PARTITIONED, Range, floor, partition_name
+from schemas.table_partitions import PARTITIONED, Range, floor, partition_name
 from worker.core import leader
 from worker.core.kafka_admin import create_topic
 from worker.core.settings import Settings
@@ -40,7 +40,7 @@ from worker.devtools.bench.preload import preload
 from worker.devtools.bench.server import ServerCpu
 from worker.devtools.bench.workers import Replicas
 from worker.devtools.stack import LocalStack, StackInfo
-from worker.services import retention, time_partitions
+from worker.services import retention, table_partitions
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pause-factor",
         type=float,
-        default=time_partitions.PAUSE_FACTOR,
+        default=table_partitions.PAUSE_FACTOR,
         help="pause after each step of the drop, times the step's own time (0: no pauses)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output dir")
@@ -103,7 +103,7 @@ class Progress:
 async def fill_expired(url: str, engine: AsyncEngine, count: int) -> tuple[datetime, float]:
     """`count` events in one day partition that ended more than RETENTION ago."""
     start = floor(datetime.now(UTC) - RETENTION, DAY) - 2 * DAY
-    await time_partitions.ensure(engine, start, start + DAY, DAY)
+    await table_partitions.ensure(engine, start, start + DAY, DAY)
     async with db.connect(url) as conn:
         seconds = await preload(conn, "public", count, start, start + DAY)
         await conn.execute("VACUUM ANALYZE events, event_resources")
@@ -124,7 +124,7 @@ async def measure(info: StackInfo, args: argparse.Namespace, log_dir: Path) -> d
         worker = Replicas(info, [TOPIC], f"bench-ret-{uuid.uuid4().hex[:8]}", log_dir, off)
         # As in production, the partitions ahead exist long before a day
         # expires, so the measured trim only drops and deletes.
-        await time_partitions.ensure_for(engine, Settings(retention=RETENTION), datetime.now(UTC))
+        await table_partitions.ensure_for(engine, Settings(retention=RETENTION), datetime.now(UTC))
         async with db.connect(url) as conn, db.connect(url) as sampler:
             size_before = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
             progress = Progress(worker)
@@ -182,7 +182,7 @@ async def _trim_during_ingest(
     cpu_before = server.seconds()
     started = time.monotonic()
     cutoff = datetime.now(UTC) - RETENTION
-    dropped = await time_partitions.drop_expired(engine, cutoff, lease, pause_factor)
+    dropped = await table_partitions.drop_expired(engine, cutoff, lease, pause_factor)
     drop_s = time.monotonic() - started
     # The rest of the trim as the leader runs it: partitions ahead, and the
     # rows left older than the cutoff (none were written here).

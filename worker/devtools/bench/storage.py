@@ -23,7 +23,7 @@ from worker.devtools.bench.results import (
     at_size,
 )
 from worker.devtools.bench.workers import run_backlog
-from worker.services import time_partitions
+from worker.services import table_partitions
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ async def preload_both(database_url: str, events: int, results: Results) -> None
     start = end - timedelta(days=PRELOAD_DAYS)
     engine = create_async_engine(database_url)
     try:
-        await time_partitions.ensure(engine, start, end + timedelta(days=2), timedelta(days=1))
+        await table_partitions.ensure(engine, start, end + timedelta(days=2), timedelta(days=1))
     finally:
         await engine.dispose()
     async with db.connect(database_url) as conn:

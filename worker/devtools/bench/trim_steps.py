@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from schemas.partitions import Range, floor, partition_name
+from schemas.table_partitions import Range, floor, partition_name
 from schemas.tables import event_resources, events
 from worker.core.settings import Settings
 from worker.devtools.bench import db, server
@@ -42,7 +42,7 @@ from worker.devtools.bench.reference import BATCH_ROWS, delete_from_oldest
 from worker.devtools.bench.results import write_steps
 from worker.devtools.bench.server import ServerCpu
 from worker.pipeline.connections import create_engine
-from worker.services import retention, time_partitions
+from worker.services import retention, table_partitions
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def trim_from_oldest(engine: AsyncEngine, cutoff: datetime) -> None:
     """The trim's deletes, each batch from the oldest row of the partition."""
     async with async_sessionmaker(engine)() as session:
         for table in (event_resources, events):
-            for target in await time_partitions.straddling(engine, table, cutoff):
+            for target in await table_partitions.straddling(engine, table, cutoff):
                 await delete_from_oldest(session, target, target.c.occurred < cutoff)
 
 
@@ -133,7 +133,7 @@ async def run(url: str, args: argparse.Namespace) -> list[Any]:
     day = floor(datetime.now(UTC), DAY) - 3 * DAY
     engine = create_engine(url, pool_size=1)
     try:
-        await time_partitions.ensure_for(engine, Settings(), datetime.now(UTC))
+        await table_partitions.ensure_for(engine, Settings(), datetime.now(UTC))
     finally:
         await engine.dispose()
     rows: list[Any] = []

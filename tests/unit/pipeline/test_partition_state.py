@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.core.retry import backoff_s
-from worker.pipeline.partitions import RETRY_BASE_S, RETRY_CAP_S, Owned, names
+from worker.pipeline.partition_state import RETRY_BASE_S, RETRY_CAP_S, Owned, names
 
 
 def ready() -> Owned:

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.partitions import Range, floor
+from schemas.table_partitions import Range, floor
 from schemas.tables import event_resources, events
 from tests.integration.support import count, settings_for, wait_until
 from tests.integration.test_retention import store
@@ -27,9 +27,9 @@ from worker.devtools.loadgen import make_event
 from worker.devtools.stack import StackInfo
 from worker.pipeline.decoding import event_key, to_rows
 from worker.pipeline.inserts import insert_events_and_resources
-from worker.services import time_partitions
+from worker.services import table_partitions
 from worker.services.retention import trim
-from worker.services.time_partitions import (
+from worker.services.table_partitions import (
     drop_expired,
     ensure,
     ensure_for,
@@ -181,7 +181,7 @@ async def test_a_drop_is_fenced_by_the_lease_epoch(
 async def test_postgresql_refuses_a_concurrent_detach_beside_the_default_partition(
     engine: AsyncEngine,
 ) -> None:
-    """Why the drop takes the parent's lock for its detach (README, Retention)."""
+    """Why the drop takes the parent's lock for its detach (docs/storage.md, Retention)."""
     await ensure(engine, NOW - DAY, NOW, DAY)
     name = day_name("events", NOW - DAY)
     async with engine.connect() as conn:
@@ -246,7 +246,7 @@ async def test_files_go_in_fenced_steps_and_a_stopped_removal_is_finished_by_the
     name = day_name("events", NOW - 10 * DAY)
     first = await acquire(engine, "retention", "a", timedelta(seconds=30))
     assert first is not None
-    fenced = time_partitions._fenced
+    fenced = table_partitions._fenced
     calls = 0
 
     async def losing_after_the_third_step(*args: Any) -> bool:
@@ -256,7 +256,7 @@ async def test_files_go_in_fenced_steps_and_a_stopped_removal_is_finished_by_the
             await release(engine, first)
         return await fenced(*args)
 
-    monkeypatch.setattr(time_partitions, "_fenced", losing_after_the_third_step)
+    monkeypatch.setattr(table_partitions, "_fenced", losing_after_the_third_step)
     assert await drop_expired(engine, NOW - 7 * DAY, first) == []
     # The oldest expired day: detached, then two of its steps done.
     twin, left = await tables_like(engine, "%\\_expired")
@@ -266,7 +266,7 @@ async def test_files_go_in_fenced_steps_and_a_stopped_removal_is_finished_by_the
     assert await indexes_of(engine, left) == 2
     assert await indexes_of(engine, twin) == 2
 
-    monkeypatch.setattr(time_partitions, "_fenced", fenced)
+    monkeypatch.setattr(table_partitions, "_fenced", fenced)
     second = await acquire(engine, "retention", "b", timedelta(seconds=30))
     assert second is not None
     started = time.monotonic()

@@ -15,10 +15,10 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.settings import Settings
-from worker.pipeline import dead_letter_sender
-from worker.pipeline.dead_letter_outcome import Outcome
-from worker.pipeline.dead_letter_sender import DeadLetterPublisher
-from worker.pipeline.dead_letter_topic import Target
+from worker.pipeline.dead_letters import sender
+from worker.pipeline.dead_letters.outcome import Outcome
+from worker.pipeline.dead_letters.sender import DeadLetterPublisher
+from worker.pipeline.dead_letters.topic import Target
 
 TP = ("events", 3)
 # The fake producers' sender tasks, stopped after each test: one left pending
@@ -155,7 +155,7 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, value_s in (("SEND_TIMEOUT_S", 0.05), ("STUCK_S", 0.1), ("RETRY_CAP_S", 0.01)):
-        monkeypatch.setattr(dead_letter_sender, name, value_s)
+        monkeypatch.setattr(sender, name, value_s)
     stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
     publisher = Outbox([stuck, fresh])
     scans: list[int] = []
@@ -164,8 +164,8 @@ async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resen
         scans.append(len(rows))
         return set()
 
-    monkeypatch.setattr(dead_letter_sender, "already_sent", already_sent)
-    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    monkeypatch.setattr(sender, "already_sent", already_sent)
+    monkeypatch.setattr(sender, "fitted", lambda row, *_a, **_k: _record(row))
     publisher.request(TP)
     await asyncio.wait_for(settled(publisher), 5)
 
@@ -204,11 +204,11 @@ async def test_an_attempt_that_hangs_ends_at_its_deadline_reported_and_retried(
 ) -> None:
     timeouts_s = (("ATTEMPT_TIMEOUT_S", 0.1), ("SEND_TIMEOUT_S", 0.05), ("RETRY_CAP_S", 0.01))
     for name, value_s in timeouts_s:
-        monkeypatch.setattr(dead_letter_sender, name, value_s)
+        monkeypatch.setattr(sender, name, value_s)
     first, fresh = FakeProducer(answers=True), FakeProducer(answers=True)
     publisher = Hanging([first, fresh])
-    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
-    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    monkeypatch.setattr(sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(sender, "fitted", lambda row, *_a, **_k: _record(row))
     caplog.set_level(logging.INFO, logger="worker.core.conditions")
     publisher.request(TP)
     await asyncio.wait_for(settled(publisher), 5)
@@ -250,8 +250,8 @@ async def test_a_revoked_partition_is_let_go_only_once_its_sends_are_answered(
     # partition was let go could land after that look, and be sent twice.
     late = LateProducer(after_s=0.3)
     publisher = Outbox([late])
-    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
-    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    monkeypatch.setattr(sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(sender, "fitted", lambda row, *_a, **_k: _record(row))
     publisher.request(TP)
     await asyncio.wait_for(late.sent_one.wait(), 5)
     await publisher.release(TP, timeout_s=0.01)  # the sender is cancelled at once
@@ -264,11 +264,11 @@ async def test_a_revoked_partition_is_let_go_only_once_its_sends_are_answered(
 async def test_a_send_unanswered_at_revocation_has_its_producer_replaced(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(dead_letter_sender, "SEND_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(sender, "SEND_TIMEOUT_S", 0.05)
     stuck, fresh = FakeProducer(answers=False), FakeProducer(answers=True)
     publisher = Outbox([stuck, fresh])
-    monkeypatch.setattr(dead_letter_sender, "already_sent", _nothing_sent)
-    monkeypatch.setattr(dead_letter_sender, "fitted", lambda row, *_a, **_k: _record(row))
+    monkeypatch.setattr(sender, "already_sent", _nothing_sent)
+    monkeypatch.setattr(sender, "fitted", lambda row, *_a, **_k: _record(row))
     publisher.request(TP)
     await asyncio.wait_for(stuck.sent_one.wait(), 5)
     await publisher.release(TP, timeout_s=0.01)

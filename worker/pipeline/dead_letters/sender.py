@@ -10,7 +10,7 @@ partition and marks those instead of sending them twice.
 
 Each dead letter goes to partition (source partition mod partition count) of
 `<topic>.dlq` (the `dead_letter_topic` setting), whole if it fits the topic,
-else reduced (`worker.pipeline.dead_letter_records`). One that fails does not hold
+else reduced (`worker.pipeline.dead_letters.records`). One that fails does not hold
 back the others: each is marked on its own, and the failed one is retried.
 """
 
@@ -39,8 +39,8 @@ from worker.core.conditions import Conditions
 from worker.core.retry import backoff_s
 from worker.core.settings import Settings
 from worker.core.topic_partition import TP
-from worker.pipeline.dead_letter_doubt import Doubts
-from worker.pipeline.dead_letter_outcome import (
+from worker.pipeline.dead_letters.doubt import Doubts
+from worker.pipeline.dead_letters.outcome import (
     RETRY_BASE_S,
     RETRY_CAP_S,
     Inflight,
@@ -48,9 +48,9 @@ from worker.pipeline.dead_letter_outcome import (
     report,
     unfit_reason,
 )
-from worker.pipeline.dead_letter_producer import new_producer, retire, started
-from worker.pipeline.dead_letter_records import dead_letter_topic, fitted, unpublished_pages
-from worker.pipeline.dead_letter_topic import Target, already_sent, prepare
+from worker.pipeline.dead_letters.producer import new_producer, retire, started
+from worker.pipeline.dead_letters.records import dead_letter_topic, fitted, unpublished_pages
+from worker.pipeline.dead_letters.topic import Target, already_sent, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class DeadLetterPublisher:
         """The partition's stored offset was not what this worker wrote (a
         fence): the database may have lost dead letters already sent, which
         the worker is about to write again unmarked. Those are looked for on
-        the topic before being sent (see `worker.pipeline.dead_letter_doubt`)."""
+        the topic before being sent (see `worker.pipeline.dead_letters.doubt`)."""
         self.doubts.recheck(tp)
 
     async def finish(self, timeout_s: float) -> None:

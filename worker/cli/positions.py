@@ -1,5 +1,6 @@
-"""Commands operators use on a running deployment: replay and status (dead
-letters: `worker.cli.dead_letters`)."""
+"""Commands on a group's positions: `status` shows where the group stands,
+`replay` moves it back to read again (dead letters: `worker.cli.dead_letters`;
+pause and resume: `worker.cli.control`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from worker.core.settings import parse_duration
 from worker.operate.replay import Move, ReplayRefused, Target, apply, followed, plan
 from worker.operate.status import Status, consumed_topics, gather
 from worker.pipeline.database_wait import ping
-from worker.services.framework import RetentionTrimmer
+from worker.services.retention_trimmer import RetentionTrimmer
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

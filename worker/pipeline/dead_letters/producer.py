@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.core.settings import Settings
-from worker.pipeline.dead_letter_records import request_bytes
+from worker.pipeline.dead_letters.records import request_bytes
 
 logger = logging.getLogger(__name__)
 

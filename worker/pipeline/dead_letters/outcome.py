@@ -13,7 +13,7 @@ from sqlalchemy import Row
 
 from worker.core.conditions import Conditions
 from worker.core.topic_partition import TP
-from worker.pipeline.dead_letter_records import Outgoing, reduced
+from worker.pipeline.dead_letters.records import Outgoing, reduced
 
 RETRY_BASE_S, RETRY_CAP_S = 0.5, 5.0  # waits up to 1 s, 2 s, 4 s, then 5 s
 

@@ -1,5 +1,5 @@
 """Time partitions of `events` and `event_resources` on PostgreSQL. Pure: the
-ranges, names and DDL; `worker.services.time_partitions` runs them.
+ranges, names and DDL; `worker.services.table_partitions` runs them.
 
 Both tables are partitioned by range of `occurred`, with the same bounds, in
 partitions of a fixed width aligned to the Unix epoch (a day by default:
@@ -16,7 +16,6 @@ would refuse it), and those rows stay where they are until trimmed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -72,14 +71,6 @@ def gaps(
 def partition_name(table: str, r: Range) -> str:
     start = r.start.astimezone(UTC)
     return f"{table}_p{start:%Y%m%d_%H%M}"
-
-
-PARTITION_NAME = re.compile(r"^(events|event_resources)_(p\d{8}_\d{4}(_expired)?|default)$")
-
-
-def is_partition(name: str) -> bool:
-    """A partition's name (not a table of the schema's own)."""
-    return PARTITION_NAME.match(name) is not None
 
 
 def expired_name(name: str) -> str:

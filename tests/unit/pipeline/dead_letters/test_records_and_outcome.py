@@ -14,8 +14,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from worker.core import metrics
 from worker.core.conditions import Conditions
 from worker.operate.dead_letter_admin import oversized
-from worker.pipeline.dead_letter_outcome import Outcome, report
-from worker.pipeline.dead_letter_records import (
+from worker.pipeline.dead_letters.outcome import Outcome, report
+from worker.pipeline.dead_letters.records import (
     dead_letter_topic,
     fitted,
     headers,

@@ -18,10 +18,10 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.core.settings import Settings
-from worker.pipeline import dead_letter_sender
-from worker.pipeline.dead_letter_doubt import LOOK_MARGIN, SENT_KEPT, Doubts
-from worker.pipeline.dead_letter_sender import DeadLetterPublisher
-from worker.pipeline.dead_letter_topic import Target
+from worker.pipeline.dead_letters import sender
+from worker.pipeline.dead_letters.doubt import LOOK_MARGIN, SENT_KEPT, Doubts
+from worker.pipeline.dead_letters.sender import DeadLetterPublisher
+from worker.pipeline.dead_letters.topic import Target
 
 TP = ("events", 1)
 
@@ -86,8 +86,8 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[Table]:
     def fitted(row: Any, *_: Any, **__: Any) -> Any:
         return SimpleNamespace(value=str(row.offset).encode(), key=None, headers=[], reduced=False)
 
-    monkeypatch.setattr(dead_letter_sender, "already_sent", already_sent)
-    monkeypatch.setattr(dead_letter_sender, "fitted", fitted)
+    monkeypatch.setattr(sender, "already_sent", already_sent)
+    monkeypatch.setattr(sender, "fitted", fitted)
     yield publisher
 
 

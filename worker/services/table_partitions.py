@@ -1,5 +1,5 @@
 """Creating time partitions ahead and dropping expired ones (PostgreSQL; see
-`schemas.partitions` for the ranges and the DEFAULT partition's rule).
+`schemas.table_partitions` for the ranges and the DEFAULT partition's rule).
 
 Dropping is fenced like the trimmer's deletes, in two transactions per
 partition, each of which first locks the lease row with the lease's holder,
@@ -40,7 +40,7 @@ from sqlalchemy import Column, MetaData, Table, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from schemas.partitions import (
+from schemas.table_partitions import (
     EXPIRED_SQL,
     PARTITIONED,
     PARTITIONS_SQL,
@@ -300,7 +300,7 @@ async def _index_drops(engine: AsyncEngine, table: str) -> list[str]:
 
 
 def _detach_sql(name: str) -> list[str]:
-    # Names come from the catalog and match schemas.partitions' pattern. The
+    # Names come from the catalog and match schemas.table_partitions' pattern. The
     # new name marks it as expired, for a later trim to drop if this one
     # stops before dropping it.
     parent = "events" if name.startswith("events_") else "event_resources"

@@ -16,7 +16,7 @@ from sqlalchemy import Row
 
 from worker.core.kafka_admin import create_topic, topic_config
 from worker.core.settings import Settings
-from worker.pipeline.dead_letter_records import origin, request_bytes
+from worker.pipeline.dead_letters.records import origin, request_bytes
 
 logger = logging.getLogger(__name__)
 
