@@ -13,6 +13,7 @@ from worker.devtools.bench.results import (
     CONSUME_CEILING,
     NAIVE,
     PREVIOUS_COPY,
+    STEADY_LOAD,
     WORKER_1,
     WORKER_1_FIXED,
     WORKER_2,
@@ -89,17 +90,20 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
         assert measured[name]["cpu_s_per_10k_events"] > 0
 
     assert all(ratio > 0 for ratio in result["ratios"].values()), result["ratios"]
-    assert len(result["ratios"]) == 11
+    assert len(result["ratios"]) == 12
     # Every target of the storage work is reported, met or not (10), the
-    # worker's CPU per event on empty tables and at size (2), and the
-    # workers' own start-up, as their start-up line says it (1).
-    assert len(result["targets"]) == 13, result["targets"]
+    # worker from its process's start (1), the steady run's p99 on three
+    # brokers (1), the worker's CPU per event on empty tables and at size
+    # (2), and the workers' own start-up, as their start-up line says it (1).
+    assert len(result["targets"]) == 15, result["targets"]
     assert measured[WORKER_1]["startup_s"]["own"] > 0, measured[WORKER_1]
     assert all(isinstance(target["met"], bool) for target in result["targets"])
     latencies = result["latency"]
     # Full load from record timestamp and from worker start, and 20% load;
-    # with the caught-up flush and with fixed batches.
-    assert len(latencies) == 6
+    # with the caught-up flush and with fixed batches; and the steady run of
+    # three workers on three brokers.
+    assert len(latencies) == 7
+    assert STEADY_LOAD in {lat["name"] for lat in latencies}
     assert all(lat["rows"] > 0 and 0 < lat["p50_ms"] <= lat["p99_ms"] for lat in latencies)
     costs = result["index_costs"]
     assert costs[0]["config"] == "all indexes"

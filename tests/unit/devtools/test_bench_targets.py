@@ -10,6 +10,7 @@ import orjson
 from worker.devtools.bench.dataset import copy_chunks, make_dataset, make_values, with_fresh_ids
 from worker.devtools.bench.results import (
     PREVIOUS_COPY,
+    STEADY_LOAD,
     WORKER_1,
     WORKER_1_FIXED,
     WRITE_CEILING,
@@ -44,6 +45,10 @@ def test_each_target_is_met_or_missed_by_its_limit() -> None:
     assert found == {
         "worker 1 replica / COPY into the previous schema, empty tables": (1.3, True),
         "worker 1 replica / COPY into the current schema, empty tables": (0.65, False),
+        "worker 1 replica from process start / COPY into the current schema, empty tables": (
+            0.65,
+            False,
+        ),
         "PostgreSQL CPU per 10k events: worker / COPY into the previous schema, empty tables": (
             0.55,
             True,
@@ -64,14 +69,23 @@ def test_full_load_is_compared_with_fixed_batches_when_they_ran() -> None:
         1.04,
         True,
     )
-    assert len(found) == 7
+    assert len(found) == 8
+
+
+def test_the_steady_runs_latency_is_a_target_when_it_ran() -> None:
+    run = results()
+    run.latencies.append(Latency(STEADY_LOAD, 100, 40.0, 149.0))
+    found = {t.what: (t.value, t.met) for t in targets(run)}
+
+    assert found[f"p99 ms, {STEADY_LOAD}"] == (149.0, True)
+    assert len(found) == 8
 
 
 def test_targets_at_size_are_reported_only_when_measured() -> None:
-    assert len(targets(results())) == 6
+    assert len(targets(results())) == 7
     found = [t.what for t in targets(results(preloaded=4_000_000))]
 
-    assert len(found) == 11
+    assert len(found) == 12
     assert sum("4,000,000" in what for what in found) == 5
 
 
@@ -135,6 +149,8 @@ def test_workers_are_compared_once_writing_as_copy_is_timed() -> None:
     assert (worker.rate, worker.writing_rate) == (8_000, 12_000)
     assert worker.as_json()["events_per_s_once_writing"] == 12_000
     assert run.ratio(WORKER_1, PREVIOUS_COPY) == 1.2
+    # From process start, start-up included: 8,000/s.
+    assert run.ratio(WORKER_1, PREVIOUS_COPY, from_start=True) == 0.8
 
 
 def test_a_worker_that_committed_once_is_compared_from_its_start() -> None:

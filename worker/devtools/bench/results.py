@@ -151,15 +151,22 @@ class Results:
         """The phase `name` and its repeats (`run_name(name, n)`)."""
         return [p for p in self.phases if p.name == name or p.name.startswith(name + RUN)]
 
-    def ratio(self, name: str, base: str, server_cpu: bool = False) -> float | None:
-        """`name`'s events/s once writing over `base`'s (or their server CPU
-        per 10k events), each the median of its runs."""
-        mine, other = _median(self.runs(name), server_cpu), _median(self.runs(base), server_cpu)
+    def ratio(
+        self, name: str, base: str, server_cpu: bool = False, from_start: bool = False
+    ) -> float | None:
+        """`name`'s events/s once writing (`from_start`: from its process's
+        start) over `base`'s once writing (or their server CPU per 10k
+        events), each the median of its runs."""
+        mine = _median(self.runs(name), server_cpu, from_start)
+        other = _median(self.runs(base), server_cpu)
         return mine / other if mine is not None and other else None
 
     def ratios(self) -> dict[str, float | None]:
         found = {
             "worker_1_over_write_ceiling": self.ratio(WORKER_1, WRITE_CEILING),
+            "worker_1_from_start_over_write_ceiling": self.ratio(
+                WORKER_1, WRITE_CEILING, from_start=True
+            ),
             "worker_1_over_previous_copy": self.ratio(WORKER_1, PREVIOUS_COPY),
             "worker_1_over_naive": self.ratio(WORKER_1, NAIVE),
             "worker_1_over_consume_ceiling": self.ratio(WORKER_1, CONSUME_CEILING),
@@ -190,8 +197,11 @@ class Results:
         return found
 
 
-def _median(phases: list[Phase], server_cpu: bool) -> float | None:
-    values = [p.server_cpu_s_per_10k if server_cpu else p.writing_rate for p in phases]
+def _median(phases: list[Phase], server_cpu: bool, from_start: bool = False) -> float | None:
+    if server_cpu:
+        values = [p.server_cpu_s_per_10k for p in phases]
+    else:
+        values = [p.rate if from_start else p.writing_rate for p in phases]
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
 
@@ -210,6 +220,8 @@ WORKER_1 = "worker, 1 replica"
 FIXED_BATCHES = ", fixed batches"
 WORKER_1_FIXED = WORKER_1 + FIXED_BATCHES
 WORKER_2 = "worker, 2 replicas"
+# The latency of `worker.devtools.bench.steady`.
+STEADY_LOAD = "steady 20% load, 3 workers on 3 brokers, from record timestamp"
 # Names the repeats of a phase: "worker, 1 replica (run 2)".
 RUN = " (run "
 

@@ -21,7 +21,16 @@ from rich.console import Console
 
 from schemas.migrate import upgrade
 from worker.core.kafka_admin import create_topic
-from worker.devtools.bench import ceilings, db, naive, reference, server, storage, topics
+from worker.devtools.bench import (
+    ceilings,
+    db,
+    naive,
+    reference,
+    server,
+    steady,
+    storage,
+    topics,
+)
 from worker.devtools.bench.context import PARTITIONS, Bench
 from worker.devtools.bench.dataset import copy_chunks, make_dataset
 from worker.devtools.bench.latency import LatencyProbe
@@ -151,6 +160,10 @@ async def measure(
     results.phases.append(fixed.phase)
     results.checks.extend([*fixed.checks, *fixed_probe.checks])
     results.latencies += fixed_probe.latencies
+    log.info("steady load, %d workers on %d brokers", steady.WORKERS, steady.BROKERS)
+    latency, checks = await steady.measure(bench, probe.full_rate)
+    results.latencies.append(latency)
+    results.checks.extend(checks)
     log.info("worker, 2 replicas")
     two = await run_backlog(bench, WORKER_2, 2)
     results.phases.append(two.phase)

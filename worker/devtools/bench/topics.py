@@ -17,8 +17,9 @@ PACE_TICK_S = 0.05
 
 
 def _producer(bootstrap_servers: str, **tuning: Any) -> AIOKafkaProducer:
-    # acks=1: one broker, nothing to replicate to; the log append is what counts.
-    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks=1, **tuning)
+    # acks=1 unless told: one broker, nothing to replicate to; the log append
+    # is what counts.
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **({"acks": 1} | tuning))
 
 
 async def load(
@@ -54,7 +55,7 @@ async def _load_partition(
 
 
 async def send_paced(
-    bootstrap_servers: str, topic: str, values: Sequence[bytes], rate: float
+    bootstrap_servers: str, topic: str, values: Sequence[bytes], rate: float, acks: Any = 1
 ) -> float:
     """Send `values` at `rate` per second in small bursts; returns the seconds it took.
 
@@ -62,7 +63,7 @@ async def send_paced(
     by the next one rather than lowering the rate."""
     # linger 0: a record's timestamp is taken at send, so lingering would
     # count towards the measured latency.
-    producer = _producer(bootstrap_servers, linger_ms=0)
+    producer = _producer(bootstrap_servers, linger_ms=0, acks=acks)
     await producer.start()
     started = time.monotonic()
     sent = 0
