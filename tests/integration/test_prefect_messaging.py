@@ -200,3 +200,10 @@ async def test_prefect_s_own_event_persister_on_the_broker_is_refused_in_one_lin
         "Prefect's event persister is on: with this broker `persister run` persists "
         "the events; set PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED=false"
     )
+
+
+async def test_a_failed_commit_is_made_again_though_no_record_follows(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    seen = await check("commit_retried", env, tmp_path)
+    assert seen == {"failed": 1, "seen": 20, "committed": 20}

@@ -230,7 +230,15 @@ async def test_prefect_s_other_consumers_read_every_event_through_kafka(
     async def all_groups_read() -> bool:
         return await all_read(deployment.info, OTHER_GROUPS, deployment.topic)
 
-    await wait_until(all_groups_read, SETTLE_S, "Prefect's consumer groups", every_s=0.5)
+    try:
+        await wait_until(all_groups_read, SETTLE_S, "Prefect's consumer groups", every_s=0.5)
+    except AssertionError as exc:
+        info, topic = deployment.info, deployment.topic
+        ends = await end_offsets(info, topic, PARTITIONS)
+        read = {group: await committed(info, group, topic) for group in OTHER_GROUPS}
+        raise AssertionError(
+            f"{exc}: ends {ends}, read {read}\n{deployment.server.tail()}"
+        ) from None
     # The task run exists only through Prefect's task-run recorder, which
     # builds it from the task run's events.
     status, task_run = deployment.server.request("GET", f"/task_runs/{ids['task_run_id']}")

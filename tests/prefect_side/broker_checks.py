@@ -24,6 +24,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prefect.server.utilities import messaging
 from prefect.server.utilities.messaging import Message, StopConsumer
 from prefect.settings import PREFECT_MESSAGING_BROKER
@@ -239,6 +240,59 @@ async def shared_group() -> dict[str, Any]:
     return {"assigned": assigned, "seen": seen}
 
 
+async def commit_retried() -> dict[str, Any]:
+    """The group's first commit fails (a coordinator moving, say) and no
+    record comes after the handled ones: the consumer commits them after
+    its next poll, and the group's committed offsets reach the topic's end."""
+    kafka_topic = SETTINGS.kafka_topic("events")
+    await clients.ensure_topic(SETTINGS, kafka_topic)
+    expected = 20
+    real_commit = AIOKafkaConsumer.commit
+    failed: list[int] = []
+
+    async def commit_failing_once(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        if not failed:
+            failed.append(len(offsets or {}))
+            raise KafkaError("the first commit fails")
+        await real_commit(self, offsets)
+
+    AIOKafkaConsumer.commit = commit_failing_once
+    seen: list[str] = []
+
+    async def handler(message: Message) -> None:
+        seen.append(message.attributes["id"])
+
+    consumer = messaging.create_consumer("events", group="retried", name="retried")
+    task = asyncio.create_task(consumer.run(handler))
+    partitions = [TopicPartition(kafka_topic, p) for p in range(SETTINGS.prefect_topic_partitions)]
+    reader = AIOKafkaConsumer(**SETTINGS.kafka_options())
+    admin = AIOKafkaAdminClient(**SETTINGS.kafka_options())
+    await reader.start()
+    await admin.start()
+    committed: dict[int, int] = {}
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            # A new group starts at the end: publish once it is there.
+            while True:
+                kafka = consumer._kafka
+                if kafka is not None and len(kafka.assignment()) == len(partitions):
+                    break
+                await asyncio.sleep(0.1)
+            await publish("events", [(b"{}", {"id": i}) for i in ids(expected)], dedup=False)
+            ends = {tp.partition: o for tp, o in (await reader.end_offsets(partitions)).items()}
+            while committed != {p: o for p, o in ends.items() if o}:
+                offsets = await admin.list_consumer_group_offsets("retried")
+                committed = {tp.partition: at.offset for tp, at in offsets.items() if at.offset}
+                await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.stop()
+        await admin.close()
+        AIOKafkaConsumer.commit = real_commit
+    return {"failed": len(failed), "seen": len(seen), "committed": sum(committed.values())}
+
+
 async def ephemeral() -> dict[str, Any]:
     await publish("events", [(b"before", {"id": "0"})], dedup=False)
     before = await groups()
@@ -320,6 +374,7 @@ CHECKS: dict[str, Check] = {
     "records": records,
     "stop_consumer": stop_consumer,
     "shared_group": shared_group,
+    "commit_retried": commit_retried,
     "ephemeral": ephemeral,
     "broken_topic": broken_topic,
     "dead_letters": dead_letters,

@@ -40,6 +40,11 @@ class KafkaCommits:
         self._timeout_s = timeout_s
         # Offsets written to the database but not yet committed to Kafka.
         self.uncommitted: dict[TP, int] = {}
+        # Offsets an operator moved (a replay), each committed in a request
+        # of its own before anything written after it: Kafka then shows the
+        # move for a commit interval at least, where `persister replay`
+        # looks for it, even when the partition's next write comes at once.
+        self._moved: dict[TP, int] = {}
         self._committed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failing = Conditions("kafka_commit", unready=False)
@@ -47,15 +52,21 @@ class KafkaCommits:
     def written(self, tp: TP, offset: int) -> None:
         self.uncommitted[tp] = offset
 
+    def moved(self, tp: TP, offset: int) -> None:
+        """`tp` was positioned again at `offset`, where an operator moved it."""
+        self.uncommitted.pop(tp, None)
+        self._moved[tp] = offset
+
     def forget(self, tp: TP) -> None:
         self.uncommitted.pop(tp, None)
+        self._moved.pop(tp, None)
 
     def due(self) -> None:
         """Commit what was written, all in one request, at most every
         COMMIT_EVERY_S and one request at a time."""
         now = time.monotonic()
         if (
-            not self.uncommitted
+            not (self.uncommitted or self._moved)
             or now - self._committed_at < COMMIT_EVERY_S
             or (self._task is not None and not self._task.done())
         ):
@@ -73,14 +84,22 @@ class KafkaCommits:
         ):
             # The one commit in flight, as `due` starts them: never two at
             # once, so the committed offsets never go back.
-            self._task = asyncio.create_task(self._commit(left_s))
+            self._task = asyncio.create_task(self._commit(left_s, everything=True))
             await asyncio.wait({self._task})
 
-    async def _commit(self, timeout_s: float) -> None:
-        if not self.uncommitted:
+    async def _commit(self, timeout_s: float, everything: bool = False) -> None:
+        """One request: the moved offsets if any (`everything`: with what was
+        written since, which wins), else what was written."""
+        if self._moved:
+            pending = self._moved | self.uncommitted if everything else dict(self._moved)
+            self._moved.clear()
+            if everything:
+                self.uncommitted.clear()
+        else:
+            pending = dict(self.uncommitted)
+            self.uncommitted.clear()
+        if not pending:
             return
-        pending = dict(self.uncommitted)
-        self.uncommitted.clear()
         self._stalls.begin(COMMITTING, self._group_id, time.monotonic())
         try:
             async with asyncio.timeout(timeout_s):

@@ -98,7 +98,7 @@ class Ownership:
             state.stored, state.ready, state.failures = offset, True, 0
             self.accumulator.reset(tp, offset)
             if offset is not None and self.controls.reloaded(tp):
-                self.commits.written(tp, offset)  # Kafka's committed offset follows
+                self.commits.moved(tp, offset)  # Kafka's committed offset follows
             self.dead_letters.request(tp)
             if offset is None:
                 logger.info(

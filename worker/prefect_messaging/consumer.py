@@ -69,6 +69,9 @@ class Consumer(PrefectConsumer):
         # order and committed once, so a larger batch only saves commits.
         self.batch = max(read_batch_size or 1, DEFAULT_BATCH)
         self._kafka: AIOKafkaConsumer | None = None
+        # Handled records whose commit failed: committed with the next poll's,
+        # or after an empty poll, while this member still owns them.
+        self._uncommitted: dict[TopicPartition, int] = {}
 
     async def run(self, handler: MessageHandler) -> None:
         """Consume until StopConsumer or cancellation. Kafka out of reach
@@ -210,14 +213,31 @@ class Consumer(PrefectConsumer):
         log.error("%s: %s is a dead letter in %s: %r", self.name, where, topic, exc)
 
     async def _commit(self, kafka: AIOKafkaConsumer, done: dict[TopicPartition, int]) -> None:
-        if not done or self.group is None:
+        """Commit `done` and what an earlier commit left; a failed commit is
+        tried again after the next poll, not forgotten: a partition that
+        gets no more records would otherwise keep its committed offset
+        behind for good (its lag stuck, its records read again after any
+        restart)."""
+        if self.group is None:
+            return
+        owned = kafka.assignment()
+        # A partition taken by a rebalance is its new owner's to read again.
+        pending = {tp: o for tp, o in self._uncommitted.items() if tp in owned} | done
+        if not pending:
+            self._uncommitted = {}
             return
         try:
-            await kafka.commit(done)
+            await kafka.commit(pending)
         except KafkaError as exc:
-            # A rebalance took the partitions: their new owner reads the
-            # records again (at least once).
-            log.warning("%s: commit failed, the records will be read again: %r", self.name, exc)
+            if not self._uncommitted:
+                log.warning(
+                    "%s: commit failed, tried again after the next poll: %r", self.name, exc
+                )
+            self._uncommitted = pending
+            return
+        if self._uncommitted:
+            log.info("%s: commit went through again", self.name)
+        self._uncommitted = {}
 
     async def _pause(self, attempt: int) -> None:
         """The one backoff of every retry here: a handler, Kafka, a dead letter."""

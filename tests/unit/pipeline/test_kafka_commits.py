@@ -53,3 +53,34 @@ async def test_a_silent_broker_costs_the_deadline_and_the_offsets_wait_for_the_n
     assert broker.committed == [{TopicPartition("t", 0): 11}]
     assert COMMITTING not in stalls.conditions
     assert commits.uncommitted == {}
+
+
+async def test_an_offset_an_operator_moved_is_committed_alone_before_later_ones() -> None:
+    """A replay moved (t, 0) back to 0; the worker reloaded it and wrote 60
+    again within the same second. Kafka shows 0 first, for a commit interval,
+    where `persister replay` looks for it; the partitions written meanwhile
+    wait for the next request."""
+    broker, stalls = Broker(), Stalls(warn_s=1.0)
+    broker.silent = False
+    owned: dict[TP, Any] = {("t", 0): object(), ("t", 1): object()}
+    commits = commits_to(broker, owned, stalls)
+    commits.written(("t", 1), 7)
+    commits.moved(("t", 0), 0)
+    commits.written(("t", 0), 60)
+    commits.due()
+    commits.due()  # within the interval: nothing more
+    await commits.now(1.0)
+    assert broker.committed == [
+        {TopicPartition("t", 0): 0},
+        {TopicPartition("t", 0): 60, TopicPartition("t", 1): 7},
+    ]
+
+
+async def test_stopping_commits_a_moved_offset_with_what_came_after_it() -> None:
+    broker, stalls = Broker(), Stalls(warn_s=1.0)
+    broker.silent = False
+    commits = commits_to(broker, {("t", 0): object()}, stalls)
+    commits.moved(("t", 0), 0)
+    commits.written(("t", 0), 60)
+    await commits.now(1.0)
+    assert broker.committed == [{TopicPartition("t", 0): 60}]
