@@ -120,8 +120,13 @@ async def check_prefect_reads(
 
 
 def workers(info: StackInfo, url: str, topic: str, tmp_path: Path) -> WorkerPool:
-    """`persister run` processes of one group, beside Prefect on `url`."""
-    env = worker_env(info, topic, f"group-{topic}", event_tables="prefect") | {"DATABASE_URL": url}
+    """`persister run` processes of one group, beside Prefect on `url`. The
+    events are dated from BASE, weeks back, and every one must stay for
+    Prefect's API to read: the trimmer keeps ten years, where its default
+    (7 days) would delete them as it starts."""
+    kept = f"{int(timedelta(days=3650).total_seconds())}s"
+    env = worker_env(info, topic, f"group-{topic}", event_tables="prefect", retention=kept)
+    env |= {"DATABASE_URL": url}
     return WorkerPool(env, tmp_path / "workers")
 
 

@@ -526,6 +526,31 @@ def test_a_form_only_pydantic_reads_gives_the_same_envelope() -> None:
 
 
 @pytest.mark.parametrize(
+    "occurred",
+    [1767323045, 1767323045.0, 1767323045000, "1767323045", "2026-01-02T05:04:05+02:00"],
+)
+def test_a_moment_in_any_form_prefect_reads_is_the_same_instant(occurred: Any) -> None:
+    """docs/envelope.md, "Timestamps": seconds, milliseconds past 2e10,
+    a number in text, an offset; with naive timestamps refused too, as a
+    number has a zone."""
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert validate(envelope(occurred=occurred)).occurred == moment
+    assert validate(envelope(occurred=occurred), Limits(naive_timestamps="reject")).occurred == (
+        moment
+    )
+
+
+def test_a_fraction_of_a_second_in_a_number_is_kept_to_the_microsecond() -> None:
+    event = validate(envelope(occurred=1767323045.5))
+    assert event.occurred == datetime(2026, 1, 2, 3, 4, 5, 500_000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("occurred", [True, 253_402_300_800_000])
+def test_true_or_a_number_past_the_year_9999_is_no_timestamp(occurred: Any) -> None:
+    assert [e["loc"] for e in rejected(envelope(occurred=occurred))] == [("occurred",)]
+
+
+@pytest.mark.parametrize(
     ("occurred", "microsecond"),
     [
         ("2026-01-02T03:04:05.1234567Z", 123456),
