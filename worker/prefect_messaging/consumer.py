@@ -218,7 +218,7 @@ class Consumer(PrefectConsumer):
         gets no more records would otherwise keep its committed offset
         behind for good (its lag stuck, its records read again after any
         restart)."""
-        if self.group is None:
+        if self.group is None or not (done or self._uncommitted):
             return
         owned = kafka.assignment()
         # A partition taken by a rebalance is its new owner's to read again.

@@ -4,11 +4,21 @@ missing tool, nothing missing on a complete machine."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from worker.devtools import prerequisites
-from worker.devtools.prerequisites import Facts, java_major, postgres_major, problems
+from worker.devtools.prerequisites import (
+    MIN_JAVA,
+    MIN_POSTGRES,
+    MIN_PYTHON,
+    PG_BINARIES,
+    Facts,
+    java_major,
+    postgres_major,
+    problems,
+)
 
 JAVA_17 = 'openjdk version "17.0.15" 2025-04-15\nOpenJDK Runtime Environment (build 17.0.15+6)\n'
 PG_15 = "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"
@@ -120,3 +130,13 @@ def test_the_java_major_version_is_read_from_java_version(output: str, major: in
 )
 def test_the_postgres_major_version_is_read(output: str, major: int | None) -> None:
     assert postgres_major(output) == major
+
+
+def test_the_readme_names_what_the_check_checks() -> None:
+    """The README's prerequisites are the check's: each version and program."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    two_commands = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    python = "Python {}.{}+".format(*MIN_PYTHON)
+    named = [python, f"JDK {MIN_JAVA}+", f"PostgreSQL {MIN_POSTGRES}+", *PG_BINARIES, "promtool"]
+    assert [name for name in named if name not in two_commands] == []
+    assert "make prerequisites" in two_commands

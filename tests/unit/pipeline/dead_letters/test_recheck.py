@@ -8,20 +8,16 @@ what it never sent is sent without a look."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.core.settings import Settings
+from tests.unit.pipeline.dead_letters.memory_outbox import MemoryOutbox
 from worker.pipeline.dead_letters import sender
 from worker.pipeline.dead_letters.doubt import LOOK_MARGIN, SENT_KEPT, Doubts
-from worker.pipeline.dead_letters.sender import DeadLetterPublisher
-from worker.pipeline.dead_letters.topic import Target
 
 TP = ("events", 1)
 
@@ -39,14 +35,13 @@ class Producer:
         return future
 
 
-class Table(DeadLetterPublisher):
+class Table(MemoryOutbox):
     """The dead-letter table in memory: `rows` are the unmarked ones."""
 
     def __init__(self) -> None:
-        super().__init__(Settings(), cast(AsyncEngine, None))
+        super().__init__()
         self.producer = Producer()
         self._producer = cast(Any, self.producer)
-        self.rows: list[SimpleNamespace] = []
         self.next_id = 1
         # The `back_to` of each look on the topic.
         self.looks: list[datetime | None] = []
@@ -57,16 +52,6 @@ class Table(DeadLetterPublisher):
             now = datetime.now(UTC)
             self.rows.append(SimpleNamespace(id=self.next_id, offset=offset, recorded=now))
             self.next_id += 1
-
-    async def _pages(self, tp: tuple[str, int]) -> AsyncIterator[list[Row[Any]]]:
-        if self.rows:
-            yield cast(list[Row[Any]], list(self.rows))
-
-    async def _mark(self, ids: list[int]) -> None:
-        self.rows = [row for row in self.rows if row.id not in ids]
-
-    async def _target(self, topic: str) -> Target:
-        return Target(partitions=1, limit=1_000_000)
 
     async def settle(self) -> None:
         self.request(TP)

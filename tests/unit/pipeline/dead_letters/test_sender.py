@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.unit.pipeline.dead_letters.memory_outbox import MemoryOutbox
 from worker.core.settings import Settings
 from worker.pipeline.dead_letters import sender
 from worker.pipeline.dead_letters.outcome import Outcome
 from worker.pipeline.dead_letters.sender import DeadLetterPublisher
-from worker.pipeline.dead_letters.topic import Target
 
 TP = ("events", 3)
 # The fake producers' sender tasks, stopped after each test: one left pending
@@ -127,11 +127,11 @@ class FakeProducer:
         self.closed = True
 
 
-class Outbox(DeadLetterPublisher):
+class Outbox(MemoryOutbox):
     """One unsent dead letter of TP, marked in memory."""
 
     def __init__(self, producers: list[FakeProducer]) -> None:
-        super().__init__(Settings(), cast(AsyncEngine, None))
+        super().__init__()
         self.fresh = iter(producers[1:])
         self._producer = cast(Any, producers[0])
         self.rows = [SimpleNamespace(id=7, offset=70, value=b"{bad", key=None)]
@@ -139,16 +139,6 @@ class Outbox(DeadLetterPublisher):
 
     def _new_producer(self) -> Any:
         return next(self.fresh)
-
-    async def _pages(self, tp: tuple[str, int]) -> AsyncIterator[list[Row[Any]]]:
-        if self.rows:
-            yield cast(list[Row[Any]], list(self.rows))
-
-    async def _mark(self, ids: list[int]) -> None:
-        self.rows = [row for row in self.rows if row.id not in ids]
-
-    async def _target(self, topic: str) -> Target:
-        return Target(partitions=1, limit=1_000_000)
 
 
 async def test_a_stuck_producer_is_replaced_and_the_topic_looked_at_before_resending(
