@@ -16,10 +16,11 @@ index are bounded in UTF-8 bytes (see `schemas.limits`).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
+from asyncpg.pgproto.pgproto import UUID as FastUUID  # type: ignore[import-untyped, unused-ignore]
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.limits import (
@@ -39,6 +40,34 @@ DEFAULT_MAX_LABELS = 500
 
 def _limit(limits: Any, name: str, default: Any) -> Any:
     return default if limits is None else getattr(limits, name, default)
+
+
+class Bounds(NamedTuple):
+    """The limits the label checks use, read from ``limits`` once."""
+
+    max_related: int
+    max_labels: int
+    max_id_bytes: int
+
+
+# The last ``limits`` seen and its bounds: a worker passes the same object
+# for every event, so they are read from it once, not per label set.
+_last: tuple[Any, Bounds] = (
+    object(),
+    Bounds(DEFAULT_MAX_RELATED, DEFAULT_MAX_LABELS, DEFAULT_MAX_RESOURCE_ID_BYTES),
+)
+
+
+def bounds(limits: Any) -> Bounds:
+    global _last
+    if _last[0] is not limits:
+        found = Bounds(
+            _limit(limits, "max_related", DEFAULT_MAX_RELATED),
+            _limit(limits, "max_labels", DEFAULT_MAX_LABELS),
+            _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES),
+        )
+        _last = (limits, found)
+    return _last[1]
 
 
 def _check_labels(
@@ -88,8 +117,7 @@ def check_event_name(value: str) -> str:
 
 
 def check_resource(value: dict[str, str], limits: Any) -> dict[str, str]:
-    max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
-    max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
+    _, max_labels, max_id_bytes = bounds(limits)
     _check_labels(value, max_labels, max_id_bytes, "resource")
     return value
 
@@ -97,11 +125,9 @@ def check_resource(value: dict[str, str], limits: Any) -> dict[str, str]:
 def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, str]]:
     if not value:
         return value
-    max_related = _limit(limits, "max_related", DEFAULT_MAX_RELATED)
+    max_related, max_labels, max_id_bytes = bounds(limits)
     if len(value) > max_related:
         raise ValueError(f"{len(value)} related resources, more than {max_related}")
-    max_labels = _limit(limits, "max_labels", DEFAULT_MAX_LABELS)
-    max_id_bytes = _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES)
     # One pass of comparisons for the common case (see `_check_labels`);
     # a label set that may break a rule is checked in full, for its message.
     for labels in value:
@@ -174,7 +200,6 @@ class Event(BaseModel):
 class _Fields(msgspec.Struct, frozen=True, kw_only=True):
     """What both forms below share."""
 
-    id: UUID
     event: str
     resource: dict[str, str]
     related: list[dict[str, str]] = []
@@ -183,8 +208,11 @@ class _Fields(msgspec.Struct, frozen=True, kw_only=True):
 
 class Envelope(_Fields, frozen=True, kw_only=True):
     """An event as `read_envelope` returns it: `Event`'s fields and rules, but
-    the payload is the producer's JSON text of an object, as it came."""
+    the payload is the producer's JSON text of an object, as it came. The
+    id is asyncpg's UUID when `read_envelope` read it: equal to the standard
+    one, hashed once, and written by asyncpg without a Python call."""
 
+    id: UUID
     occurred: datetime
     received: datetime | None = None
     payload: str = "{}"
@@ -196,8 +224,9 @@ class Envelope(_Fields, frozen=True, kw_only=True):
 
 class _Wire(_Fields, frozen=True, kw_only=True):
     """The fields as msgspec reads them: the payload left as raw JSON, the
-    timestamps as text (see `_timestamp`)."""
+    id and timestamps as text (see `_id` and `_timestamp`)."""
 
+    id: str
     occurred: str
     received: str | None = None
     payload: msgspec.Raw = msgspec.Raw(b"{}")
@@ -245,20 +274,40 @@ def read_envelope(raw: bytes, limits: Any = None) -> Envelope:
 
 
 def _checked(wire: _Wire, limits: Any) -> Envelope:
+    """`Event`'s rules on what msgspec read; each check is called only where
+    its cheap test could fail (this runs for every event)."""
     payload = str(wire.payload, "utf-8")
-    if not payload.startswith("{") or not 0 < len(wire.event) <= MAX_EVENT_NAME_CHARS:
+    name, resource, related = wire.event, wire.resource, wire.related
+    if not payload.startswith("{") or not 0 < len(name) <= MAX_EVENT_NAME_CHARS:
         raise ValueError("not an object, or a name out of bounds: Event says which")
+    if len(name) * 4 > MAX_EVENT_NAME_BYTES:
+        check_event_name(name)
+    _, max_labels, max_id_bytes = bounds(limits)
+    _check_labels(resource, max_labels, max_id_bytes, "resource")
+    if related:
+        check_related(related, limits)
     received = None if wire.received is None else _timestamp(wire.received, limits)
     return Envelope(
-        id=wire.id,
+        id=_id(wire.id),
         occurred=_timestamp(wire.occurred, limits),
-        event=check_event_name(wire.event),
-        resource=check_resource(wire.resource, limits),
-        related=check_related(wire.related, limits),
+        event=name,
+        resource=resource,
+        related=related,
         follows=wire.follows,
         received=received,
         payload=payload,
     )
+
+
+def _id(text: str) -> UUID:
+    """A UUID in the forms msgspec reads, hyphenated or 32 hex digits; any
+    other form goes to `Event`. asyncpg's parser skips a hyphen anywhere, so
+    the hyphens' places are checked here."""
+    size = len(text)
+    if size == 32 or (size == 36 and text[8] == text[13] == text[18] == text[23] == "-"):
+        uuid: UUID = FastUUID(text)  # ValueError unless the rest is 32 hex digits
+        return uuid
+    raise ValueError("not a UUID msgspec reads: Event says which")
 
 
 def _timestamp(text: str, limits: Any) -> datetime:

@@ -26,8 +26,9 @@ from schemas.events import read_envelope
 from worker.core.settings import Limits
 from worker.core.startup import tune_collector
 from worker.devtools.bench.dataset import make_values
+from worker.pipeline import json_codec, moment_codec
 from worker.pipeline.batching import Record
-from worker.pipeline.decoding import Rows, event_key, event_values, resource_values, to_rows
+from worker.pipeline.decoding import Rows, event_values, resource_values, to_rows
 from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS, stamped
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -61,8 +62,7 @@ def batches(records: Sequence[Record], size: int) -> list[Sequence[Record]]:
 
 def copy_records(rows: Rows) -> tuple[list[Any], list[Any]]:
     """What the write hands to COPY (see `worker.pipeline.inserts.insert_rows`)."""
-    resources = [r for row in rows.events for r in rows.resources[event_key(row)]]
-    return list(stamped(rows.events)), resources
+    return list(stamped(rows.events)), rows.resources_of(rows.events)
 
 
 def steps(values: list[bytes], batch: int, repeat: int) -> list[tuple[str, float]]:
@@ -94,6 +94,9 @@ async def copy_client_us(url: str, values: list[bytes], batch: int, repeat: int)
         copy_records(to_rows(p, limits, MAX_MESSAGE_BYTES)) for p in batches(records, batch)
     ]
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    # The codecs of the worker's own connections (`worker.pipeline.connections`).
+    await moment_codec.install(conn)
+    await json_codec.install(conn)
     try:
         times = []
         for _ in range(repeat):

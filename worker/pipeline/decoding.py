@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -31,8 +32,9 @@ from worker.core.settings import Limits
 from worker.pipeline.batching import Record
 
 MAX_ERROR_CHARS = 2000
-# Columns of `events` and `event_resources` whose row values are JSON text,
-# serialised once here: writers pass them to the database as they are.
+# Columns of `events` and `event_resources` whose row values are JSON text in
+# UTF-8 bytes, as orjson writes it, serialised once here: writers pass them
+# to the database as they are (see `worker.pipeline.json_codec`).
 JSON_COLUMNS = frozenset({"resource", "related_resource_ids", "related", "payload"})
 
 
@@ -73,14 +75,38 @@ def event_key(row: Row) -> EventKey:
 
 @dataclass
 class Rows:
-    """A batch's rows; `resources` and `sources` are by `event_key`."""
+    """A batch's rows. `resource_rows` holds every event's resource rows in
+    the order of `events`, as COPY takes them, and `records` the record of
+    each event, in step with `events`. `resources` and `sources` key them by
+    `event_key`, built when first asked for: only a batch the database
+    refuses, written again in parts, needs them."""
 
     events: list[Row] = field(default_factory=list)
-    resources: dict[EventKey, list[Row]] = field(default_factory=dict)
+    resource_rows: list[Row] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    # The record each event came from, for a dead letter if the database
-    # rejects the event.
-    sources: dict[EventKey, Record] = field(default_factory=dict)
+
+    @cached_property
+    def resources(self) -> dict[EventKey, list[Row]]:
+        by_key: dict[EventKey, list[Row]] = {}
+        for row in self.resource_rows:
+            # RESOURCE_FIELDS: event_id, resource_role, resource_id, occurred.
+            by_key.setdefault((row[0], row[3]), []).append(row)
+        return by_key
+
+    @cached_property
+    def sources(self) -> dict[EventKey, Record]:
+        """The record each event came from, for a dead letter if the database
+        rejects the event."""
+        return {
+            event_key(row): record for row, record in zip(self.events, self.records, strict=True)
+        }
+
+    def resources_of(self, event_rows: list[Row]) -> list[Row]:
+        """The resource rows of `event_rows` (all of `events`, or a part)."""
+        if event_rows is self.events:
+            return self.resource_rows
+        return [r for row in event_rows for r in self.resources[event_key(row)]]
 
 
 def decode(record: Record, limits: Limits, max_message_bytes: int) -> Envelope | Rejection:
@@ -115,40 +141,38 @@ def received_at(record: Record) -> datetime:
     return datetime.now(UTC)
 
 
-def json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def event_values(event: Envelope | Event, received: datetime) -> Row:
     """The `events` row (EVENT_FIELDS): Prefect's `as_database_row()` but
-    `recorded`; JSON columns as JSON text. An `Envelope`'s payload is JSON
+    `recorded`; JSON columns as JSON bytes. An `Envelope`'s payload is JSON
     text already."""
-    dumps = orjson.dumps  # inlined `json_text`: this runs for every event
+    dumps = orjson.dumps
     related = event.related
     if related:
-        related_ids = dumps([labels[RESOURCE_ID] for labels in related]).decode()
-        related_text = dumps(related).decode()
+        related_ids = dumps([labels[RESOURCE_ID] for labels in related])
+        related_text = dumps(related)
     else:
-        related_ids = related_text = "[]"
+        related_ids = related_text = b"[]"
     payload = event.payload
     return (
         event.id,
         event.occurred,
         event.event,
         event.resource[RESOURCE_ID],
-        dumps(event.resource).decode(),
+        dumps(event.resource),
         related_ids,
         related_text,
-        payload if isinstance(payload, str) else dumps(payload).decode(),
+        payload.encode() if isinstance(payload, str) else dumps(payload),
         event.received or received,
         event.follows,
     )
 
 
-def other_labels(labels: dict[str, str]) -> str:
+def other_labels(labels: dict[str, str]) -> bytes:
     """A resource row's `resource`: the labels that are not its id or role
-    (those are columns), as Prefect stores it, in JSON text."""
-    return json_text({k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE})
+    (those are columns), as Prefect stores it, in JSON bytes."""
+    return orjson.dumps(
+        {k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE}
+    )
 
 
 def resource_values(event: Envelope | Event) -> list[Row]:
@@ -161,14 +185,14 @@ def resource_values(event: Envelope | Event) -> list[Row]:
     # Most label sets are only an id (and a role): "{}", with no copy and no
     # encoding. Every related one has both (the envelope's rules).
     plain = len(resource) == 1 or (len(resource) == 2 and RESOURCE_ROLE in resource)
-    rows = [(event_id, "", primary, occurred, "{}" if plain else other_labels(resource))]
+    rows = [(event_id, "", primary, occurred, b"{}" if plain else other_labels(resource))]
     if event.related:
         seen = {("", primary)}
         for labels in event.related:
             key = (labels[RESOURCE_ROLE], labels[RESOURCE_ID])
             if key not in seen:
                 seen.add(key)
-                text = "{}" if len(labels) == 2 else other_labels(labels)
+                text = b"{}" if len(labels) == 2 else other_labels(labels)
                 rows.append((event_id, *key, occurred, text))
     return rows
 
@@ -185,20 +209,26 @@ def resource_rows(event: Envelope | Event) -> list[dict[str, Any]]:
 
 def to_rows(records: Iterable[Record], limits: Limits, max_message_bytes: int) -> Rows:
     rows = Rows()
-    events, resources, sources = rows.events, rows.resources, rows.sources
+    events, resource_rows, sources = rows.events, rows.resource_rows, rows.records
+    keys: set[EventKey] = set()
     # A producer's batch shares one timestamp: converted once.
     last_timestamp, last_received = None, datetime.now(UTC)
     for record in records:
         decoded = decode(record, limits, max_message_bytes)
         if isinstance(decoded, Rejection):
             rows.rejections.append(decoded)
-        elif (key := (decoded.id, decoded.occurred)) not in resources:
-            received = decoded.received
-            if received is None:
-                if record.timestamp != last_timestamp:
-                    last_timestamp, last_received = record.timestamp, received_at(record)
-                received = last_received
-            events.append(event_values(decoded, received))
-            resources[key] = resource_values(decoded)
-            sources[key] = record
+            continue
+        # Added, unless an earlier event of the batch has its key: one hash.
+        seen = len(keys)
+        keys.add((decoded.id, decoded.occurred))
+        if len(keys) == seen:
+            continue
+        received = decoded.received
+        if received is None:
+            if record.timestamp != last_timestamp:
+                last_timestamp, last_received = record.timestamp, received_at(record)
+            received = last_received
+        events.append(event_values(decoded, received))
+        resource_rows += resource_values(decoded)
+        sources.append(record)
     return rows

@@ -29,18 +29,25 @@ MIN_US = (datetime.min.replace(tzinfo=UTC) - PG_EPOCH) // ONE_US
 # outgrows a few batches, never kept for the process's life.
 MEMO_SIZE = 65_536
 
-_memo: dict[Any, tuple[int]] = {}
+
+class Memo(dict[Any, tuple[int]]):
+    """Moments already encoded, at most `size`. asyncpg calls the encoder for
+    every value: the encoder is this dict's own lookup, so a moment met before
+    costs no Python call at all; a new one is encoded by `__missing__`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __missing__(self, moment: datetime | date) -> tuple[int]:
+        if len(self) >= self.size:
+            self.clear()
+        encoded = self[moment] = (microseconds(moment),)
+        return encoded
 
 
-def encode(moment: datetime | date) -> tuple[int]:
-    try:
-        return _memo[moment]
-    except KeyError:
-        pass
-    if len(_memo) >= MEMO_SIZE:
-        _memo.clear()
-    encoded = _memo[moment] = (microseconds(moment),)
-    return encoded
+_memo = Memo(MEMO_SIZE)
+encode = _memo.__getitem__
 
 
 def microseconds(moment: datetime | date) -> int:

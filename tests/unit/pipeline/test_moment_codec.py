@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
 
-import pytest
-
-from worker.pipeline import moment_codec
 from worker.pipeline.moment_codec import (
     PG_INFINITY,
     PG_NEGATIVE_INFINITY,
+    Memo,
     decode,
     encode,
     microseconds,
@@ -54,17 +52,22 @@ def test_what_is_read_back_is_the_aware_utc_moment_written() -> None:
         assert back.tzinfo is UTC
 
 
-def test_a_moment_is_encoded_once_until_the_memo_is_full(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(moment_codec, "_memo", {})
-    monkeypatch.setattr(moment_codec, "MEMO_SIZE", 3)
+def test_a_moment_is_encoded_once_until_the_memo_is_full() -> None:
+    memo = Memo(3)
     first = datetime(2026, 1, 1, tzinfo=UTC)
     same_instant = datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
-    assert encode(first) is encode(same_instant)
+    assert memo[first] is memo[same_instant]
     for hour in (1, 2):
-        encode(first + timedelta(hours=hour))
-    assert len(moment_codec._memo) == 3
-    encode(first + timedelta(hours=3))  # full: cleared, then this one kept
-    assert len(moment_codec._memo) == 1
-    assert encode(first) == (microseconds(first),)
+        assert memo[first + timedelta(hours=hour)] == (microseconds(first) + hour * 3_600_000_000,)
+    assert len(memo) == 3
+    assert memo[first + timedelta(hours=3)] == (microseconds(first) + 3 * 3_600_000_000,)
+    assert len(memo) == 1  # full: cleared, then the new one kept
+    assert memo[first] == (microseconds(first),)
+    assert len(memo) == 2
+
+
+def test_the_connections_encoder_is_the_memos_own_lookup() -> None:
+    # No Python function between asyncpg and a moment met before.
+    assert type(encode).__name__ == "builtin_function_or_method"
+    moment = datetime(2026, 12, 7, 16, 56, 52, 162_773, tzinfo=UTC)
+    assert encode(moment) is encode(moment) == (microseconds(moment),)

@@ -362,6 +362,35 @@ def test_id_must_be_a_uuid() -> None:
     assert [(e["loc"], e["type"]) for e in errors] == [(("id",), "uuid_parsing")]
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        EVENT_ID.upper(),
+        EVENT_ID.replace("-", ""),
+        "{" + EVENT_ID + "}",
+        "urn:uuid:" + EVENT_ID,
+    ],
+)
+def test_an_id_in_any_form_pydantic_reads_is_the_same_id(form: str) -> None:
+    event = validate(envelope(id=form))
+    assert event.id == UUID(EVENT_ID)
+    assert hash(read_envelope(json.dumps(envelope(id=form)).encode()).id) == hash(UUID(EVENT_ID))
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        # 32 hex digits, hyphens in other places: asyncpg's parser reads it.
+        EVENT_ID[:8] + EVENT_ID[9:13] + "--" + EVENT_ID[14:],
+        EVENT_ID.replace("-", "") + "----",
+        EVENT_ID[:35] + "g",
+        EVENT_ID[:35] + "é",
+    ],
+)
+def test_an_id_pydantic_rejects_is_rejected_by_both_readers(form: str) -> None:
+    assert [e["type"] for e in rejected(envelope(id=form))] == ["uuid_parsing"]
+
+
 def test_missing_id_is_rejected() -> None:
     data = envelope()
     del data["id"]

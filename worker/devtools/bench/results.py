@@ -30,6 +30,9 @@ class Phase:
     writing: tuple[int, float] | None = None
     # Worker runs only: the first replica's start-up lines, read back.
     startup: StartupSplit | None = None
+    # Worker runs only: (events, CPU seconds of all replicas) from the first
+    # stored offset to the last, start-up left out.
+    writing_cpu: tuple[int, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -51,6 +54,15 @@ class Phase:
         return self.cpu_seconds / self.events * 10_000
 
     @property
+    def writing_cpu_us_per_event(self) -> float | None:
+        """The replicas' CPU per event once writing: the cost of each event,
+        without the start-up every run pays once (reported apart)."""
+        if self.writing_cpu is None or self.writing_cpu[0] <= 0:
+            return None
+        events, cpu_s = self.writing_cpu
+        return cpu_s / events * 1e6
+
+    @property
     def server_cpu_s_per_10k(self) -> float | None:
         if self.server_cpu_seconds is None or not self.events:
             return None
@@ -68,6 +80,7 @@ class Phase:
             "peak_rss_mib_sum": round(sum(self.peak_rss_mib), 1) if self.peak_rss_mib else None,
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 2),
             "cpu_s_per_10k_events": _round(self.cpu_s_per_10k, 3),
+            "cpu_us_per_event_once_writing": _round(self.writing_cpu_us_per_event, 2),
             "server_cpu_seconds": _round(self.server_cpu_seconds, 2),
             "server_cpu_s_per_10k_events": _round(self.server_cpu_s_per_10k, 3),
             "startup_s": None if self.startup is None else asdict(self.startup),

@@ -13,7 +13,8 @@ from worker.devtools.bench.startup import OWN_PART_LIMIT_S, median_split
 LIGHT_LOAD = "20% load, from record timestamp"
 RSS_LIMIT_MIB = 250.0
 # The worker's own CPU per event, its process alone (the database's is
-# reported beside it, per 10k events).
+# reported beside it, per 10k events): once writing, and from the process's
+# start, which adds the start-up's fixed cost spread over the run's events.
 WORKER_CPU_LIMIT_US = 15.0
 P99_LIMIT_MS = 150.0
 
@@ -87,8 +88,13 @@ def targets(results: Results) -> list[Target]:
         if worker is not None and worker.peak_rss_mib:
             what = f"peak RSS MiB, 1 replica{where}"
             found.append(Target(what, max(worker.peak_rss_mib), RSS_LIMIT_MIB, False))
+        once_writing = [p.writing_cpu_us_per_event for p in results.runs(name)]
+        if cpu_us := sorted(us for us in once_writing if us is not None):
+            what = f"worker CPU µs per event once writing, 1 replica{where}"
+            median = cpu_us[len(cpu_us) // 2]
+            found.append(Target(what, median, WORKER_CPU_LIMIT_US, False))
         if worker is not None and (per_10k := worker.cpu_s_per_10k) is not None:
-            what = f"worker CPU µs per event, 1 replica{where}"
+            what = f"worker CPU µs per event from process start, 1 replica{where}"
             found.append(Target(what, per_10k * 100, WORKER_CPU_LIMIT_US, False))
     if (startup := median_split(results)) is not None:
         own = startup[0].own

@@ -138,12 +138,19 @@ class Replicas:
 
     async def wait_caught_up(
         self, conn: db.Connection, topic: str, ends: dict[int, int], timeout_s: float
-    ) -> None:
-        """Until the stored offset of every partition of `topic` is its end offset."""
+    ) -> tuple[int, float] | None:
+        """Until the stored offset of every partition of `topic` is its end
+        offset. Returns (events stored, CPU seconds of the replicas) when the
+        first stored offset was seen, None if that was already the end: what
+        came after is the CPU of writing, start-up left out. The bench's
+        topics start at offset 0, so the stored offsets add up to the events."""
         # An empty partition never gets a stored offset.
         ends = {partition: end for partition, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout_s
-        while await db.stored_offsets(conn, self.group_id, topic) != ends:
+        first: tuple[int, float] | None = None
+        while (stored := await db.stored_offsets(conn, self.group_id, topic)) != ends:
+            if first is None and stored:
+                first = sum(stored.values()), self.cpu_seconds()
             self.check_alive()
             if time.monotonic() > deadline:
                 stored = await db.stored_offsets(conn, self.group_id, topic)
@@ -152,6 +159,7 @@ class Replicas:
                     f"{timeout_s:.0f} s: stored {stored}, end {ends}\n{self.log_tail(0)}"
                 )
             await asyncio.sleep(POLL_S)
+        return first
 
 
 # Called once the replicas have caught up, while they still run: gets the
@@ -185,6 +193,7 @@ async def run_backlog(
     group = f"bench-{replicas}r-{uuid.uuid4().hex[:8]}"
     topics = [bench.topic, bench.latency_topic] if while_running else [bench.topic]
     workers = Replicas(bench.info, topics, group, bench.log_dir, dict(settings or {}))
+    timeout_s = bench.catch_up_timeout_s
     async with db.connect(bench.info.database_url) as conn:
         if on_empty:
             await db.truncate(conn)
@@ -197,7 +206,7 @@ async def run_backlog(
         started = time.monotonic()
         try:
             workers.start(replicas)
-            await workers.wait_caught_up(conn, bench.topic, bench.ends, bench.catch_up_timeout_s)
+            first = await workers.wait_caught_up(conn, bench.topic, bench.ends, timeout_s)
             seconds = time.monotonic() - started
             # CPU at the moment they caught up: start-up plus the backlog, no idling.
             cpu = workers.cpu_seconds()
@@ -214,7 +223,16 @@ async def run_backlog(
     log.info("%s: %d events in %.1f s, exit codes %s", name, added, seconds, codes)
     note = "default settings; timed from process start"
     phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu, writing, startup)
-    checks = [
+    if first is not None:
+        phase.writing_cpu = sum(bench.ends.values()) - first[0], cpu - first[1]
+    checks = _checks(name, bench, added, after, before, codes)
+    return BacklogRun(phase, checks)
+
+
+def _checks(
+    name: str, bench: Bench, added: int, after: db.Counts, before: db.Counts, codes: list[int]
+) -> list[Check]:
+    return [
         Check(f"{name}: events rows", bench.size, added),
         Check(
             f"{name}: event_resources rows",
@@ -224,4 +242,3 @@ async def run_backlog(
         Check(f"{name}: dead_letters rows", 0, after.dead_letters - before.dead_letters),
         Check(f"{name}: replicas exiting non-zero", 0, sum(code != 0 for code in codes)),
     ]
-    return BacklogRun(phase, checks)
