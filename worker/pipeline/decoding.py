@@ -161,7 +161,7 @@ def event_values(event: Envelope | Event, received: datetime) -> Row:
         dumps(event.resource),
         related_ids,
         related_text,
-        payload.encode() if isinstance(payload, str) else dumps(payload),
+        payload if isinstance(payload, bytes) else dumps(payload),
         event.received or received,
         event.follows,
     )
