@@ -208,15 +208,14 @@ class _Fields(msgspec.Struct, frozen=True, kw_only=True):
 
 class Envelope(_Fields, frozen=True, kw_only=True):
     """An event as `read_envelope` returns it: `Event`'s fields and rules, but
-    the payload is the producer's JSON text of an object, as it came (UTF-8
-    bytes, checked). The
+    the payload is the producer's JSON text of an object, as it came. The
     id is asyncpg's UUID when `read_envelope` read it: equal to the standard
     one, hashed once, and written by asyncpg without a Python call."""
 
     id: UUID
     occurred: datetime
     received: datetime | None = None
-    payload: bytes = b"{}"
+    payload: str = "{}"
 
     @property
     def resource_id(self) -> str:
@@ -259,7 +258,7 @@ def read_envelope(raw: bytes, limits: Any = None) -> Envelope:
         pass
     event = Event.model_validate_json(raw, context=limits)
     try:
-        payload = _utf8(_PAYLOAD.decode(raw).payload)
+        payload = str(_PAYLOAD.decode(raw).payload, "utf-8")
     except msgspec.DecodeError as exc:
         raise PayloadNotJson("NaN or Infinity is not JSON") from exc
     return Envelope(
@@ -277,9 +276,9 @@ def read_envelope(raw: bytes, limits: Any = None) -> Envelope:
 def _checked(wire: _Wire, limits: Any) -> Envelope:
     """`Event`'s rules on what msgspec read; each check is called only where
     its cheap test could fail (this runs for every event)."""
-    payload = _utf8(wire.payload)
+    payload = str(wire.payload, "utf-8")
     name, resource, related = wire.event, wire.resource, wire.related
-    if not payload.startswith(b"{") or not 0 < len(name) <= MAX_EVENT_NAME_CHARS:
+    if not payload.startswith("{") or not 0 < len(name) <= MAX_EVENT_NAME_CHARS:
         raise ValueError("not an object, or a name out of bounds: Event says which")
     if len(name) * 4 > MAX_EVENT_NAME_BYTES:
         check_event_name(name)
@@ -298,15 +297,6 @@ def _checked(wire: _Wire, limits: Any) -> Envelope:
         received=received,
         payload=payload,
     )
-
-
-def _utf8(raw: msgspec.Raw) -> bytes:
-    """The raw JSON's bytes; UnicodeDecodeError unless they are UTF-8 (ASCII,
-    most often, is checked without decoding)."""
-    value = bytes(raw)
-    if not value.isascii():
-        value.decode()
-    return value
 
 
 def _id(text: str) -> UUID:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -29,27 +27,13 @@ from schemas.events import Envelope, read_envelope
 from worker.core.settings import Limits
 from worker.core.startup import tune_collector
 from worker.devtools.bench.dataset import make_values
-from worker.pipeline import json_codec, moment_codec
 from worker.pipeline.batching import Record
+from worker.pipeline.connections import create_engine
 from worker.pipeline.decoding import Rows, event_values, resource_values, to_rows
 from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS, stamped
 
 MAX_MESSAGE_BYTES = 1 << 20
 T = TypeVar("T")
-# glibc's mallopt parameter for the free memory at the heap's top it keeps.
-M_TRIM_THRESHOLD = -1
-KEEP_HEAP_BYTES = 256 << 20
-
-
-def keep_freed_heap() -> None:
-    """Have glibc keep the heap a batch freed rather than give it back. A step
-    measured on its own frees a batch's results at once and takes the pages
-    back for the next, a page fault each (about 2 µs on a VM), billed to
-    whichever step allocates most; in the worker the steps' allocations
-    interleave and most of that never happens (`make bench` counts the rest)."""
-    libc = ctypes.util.find_library("c")
-    if libc is not None and hasattr(ctypes.CDLL(libc), "mallopt"):
-        ctypes.CDLL(libc).mallopt(M_TRIM_THRESHOLD, KEEP_HEAP_BYTES)
 
 
 @dataclass(frozen=True)
@@ -85,9 +69,7 @@ def copy_records(rows: Rows) -> tuple[list[Any], list[Any]]:
 
 def per_batch(step: Callable[[Any], object], inputs: list[Any]) -> Callable[[], None]:
     """`step` over each batch of `inputs`, each batch's results dropped before
-    the next, as the worker drops a batch's rows once written: results kept
-    for the whole run would grow the heap, and the page faults that costs
-    are no part of the worker's."""
+    the next, as the worker drops a batch's rows once written."""
 
     def run() -> None:
         for part in inputs:
@@ -119,7 +101,7 @@ def steps(values: list[bytes], batch: int, repeat: int) -> list[tuple[str, float
 
     measured = [
         ("`read_envelope`, with the rules", per_batch(envelopes_of, batches(values, batch))),
-        ("`event_values`, with JSON bytes", per_batch(events_of, stamped_envelopes)),
+        ("`event_values`, with JSON text", per_batch(events_of, stamped_envelopes)),
         ("`resource_values`", per_batch(resources_of, stamped_envelopes)),
         ("whole `to_rows`", per_batch(rows_of, parts)),
         ("the COPY records (stamped, resources in order)", per_batch(copy_records, rows)),
@@ -128,38 +110,36 @@ def steps(values: list[bytes], batch: int, repeat: int) -> list[tuple[str, float
 
 
 async def copy_client_us(url: str, values: list[bytes], batch: int, repeat: int) -> float:
-    """asyncpg's COPY of the rows, client CPU only, rolled back."""
-    import asyncpg  # type: ignore[import-untyped, unused-ignore]  # only with a database
-
+    """asyncpg's COPY of the rows on a connection of the worker's own engine
+    (its codecs), client CPU only, rolled back."""
     limits = Limits()
     now_ms = int(time.time() * 1000)
     records = [Message("events", 0, i, v, None, now_ms) for i, v in enumerate(values)]
     prepared = [
         copy_records(to_rows(p, limits, MAX_MESSAGE_BYTES)) for p in batches(records, batch)
     ]
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    # The codecs of the worker's own connections (`worker.pipeline.connections`).
-    await moment_codec.install(conn)
-    await json_codec.install(conn)
+    engine = create_engine(url, pool_size=1)
     try:
-        times = []
-        for _ in range(repeat):
-            took = 0.0
-            for event_rows, resource_rows in prepared:
-                transaction = conn.transaction()
-                await transaction.start()
-                started = time.process_time()
-                await conn.copy_records_to_table(
-                    "events", records=event_rows, columns=EVENT_COLUMNS
-                )
-                await conn.copy_records_to_table(
-                    "event_resources", records=resource_rows, columns=RESOURCE_COLUMNS
-                )
-                took += time.process_time() - started
-                await transaction.rollback()  # the tables stay as they were
-            times.append(took)
+        async with engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            times = []
+            for _ in range(repeat):
+                took = 0.0
+                for event_rows, resource_rows in prepared:
+                    transaction = driver.transaction()
+                    await transaction.start()
+                    started = time.process_time()
+                    await driver.copy_records_to_table(
+                        "events", records=event_rows, columns=EVENT_COLUMNS
+                    )
+                    await driver.copy_records_to_table(
+                        "event_resources", records=resource_rows, columns=RESOURCE_COLUMNS
+                    )
+                    took += time.process_time() - started
+                    await transaction.rollback()  # the tables stay as they were
+                times.append(took)
     finally:
-        await conn.close()
+        await engine.dispose()
     return min(times) / len(values) * 1e6
 
 
@@ -186,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The collector as `persister run` sets it: its passes are part of the cost.
     thresholds = gc.get_threshold()
     tune_collector()
-    keep_freed_heap()
     try:
         rows = steps(values, args.batch, args.repeat)
         if args.database_url:

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from worker.pipeline import json_codec, moment_codec
+from worker.pipeline import moment_codec
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
-        # JSON bytes, as the rows carry them (see `json_codec`).
-        json_serializer=orjson.dumps,
+        json_serializer=_json,
         json_deserializer=orjson.loads,
         connect_args=connect_args,
     )
@@ -87,7 +86,6 @@ def create_engine(
 def _on_connect(dbapi_connection: Any, user_timeout_ms: int) -> None:
     _tcp_deadlines(dbapi_connection, user_timeout_ms)
     dbapi_connection.run_async(moment_codec.install)
-    dbapi_connection.run_async(json_codec.install)
 
 
 def _each_host_connects(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:

@@ -32,9 +32,8 @@ from worker.core.settings import Limits
 from worker.pipeline.batching import Record
 
 MAX_ERROR_CHARS = 2000
-# Columns of `events` and `event_resources` whose row values are JSON text in
-# UTF-8 bytes, as orjson writes it, serialised once here: writers pass them
-# to the database as they are (see `worker.pipeline.json_codec`).
+# Columns of `events` and `event_resources` whose row values are JSON text,
+# serialised once here: writers pass them to the database as they are.
 JSON_COLUMNS = frozenset({"resource", "related_resource_ids", "related", "payload"})
 
 
@@ -143,36 +142,38 @@ def received_at(record: Record) -> datetime:
 
 def event_values(event: Envelope | Event, received: datetime) -> Row:
     """The `events` row (EVENT_FIELDS): Prefect's `as_database_row()` but
-    `recorded`; JSON columns as JSON bytes. An `Envelope`'s payload is JSON
+    `recorded`; JSON columns as JSON text. An `Envelope`'s payload is JSON
     text already."""
-    dumps = orjson.dumps
+    dumps = orjson.dumps  # inlined `json_text`: this runs for every event
     related = event.related
     if related:
-        related_ids = dumps([labels[RESOURCE_ID] for labels in related])
-        related_text = dumps(related)
+        related_ids = dumps([labels[RESOURCE_ID] for labels in related]).decode()
+        related_text = dumps(related).decode()
     else:
-        related_ids = related_text = b"[]"
+        related_ids = related_text = "[]"
     payload = event.payload
     return (
         event.id,
         event.occurred,
         event.event,
         event.resource[RESOURCE_ID],
-        dumps(event.resource),
+        dumps(event.resource).decode(),
         related_ids,
         related_text,
-        payload if isinstance(payload, bytes) else dumps(payload),
+        payload if isinstance(payload, str) else dumps(payload).decode(),
         event.received or received,
         event.follows,
     )
 
 
-def other_labels(labels: dict[str, str]) -> bytes:
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def other_labels(labels: dict[str, str]) -> str:
     """A resource row's `resource`: the labels that are not its id or role
-    (those are columns), as Prefect stores it, in JSON bytes."""
-    return orjson.dumps(
-        {k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE}
-    )
+    (those are columns), as Prefect stores it, in JSON text."""
+    return json_text({k: v for k, v in labels.items() if k != RESOURCE_ID and k != RESOURCE_ROLE})
 
 
 def resource_values(event: Envelope | Event) -> list[Row]:
@@ -185,14 +186,14 @@ def resource_values(event: Envelope | Event) -> list[Row]:
     # Most label sets are only an id (and a role): "{}", with no copy and no
     # encoding. Every related one has both (the envelope's rules).
     plain = len(resource) == 1 or (len(resource) == 2 and RESOURCE_ROLE in resource)
-    rows = [(event_id, "", primary, occurred, b"{}" if plain else other_labels(resource))]
+    rows = [(event_id, "", primary, occurred, "{}" if plain else other_labels(resource))]
     if event.related:
         seen = {("", primary)}
         for labels in event.related:
             key = (labels[RESOURCE_ROLE], labels[RESOURCE_ID])
             if key not in seen:
                 seen.add(key)
-                text = b"{}" if len(labels) == 2 else other_labels(labels)
+                text = "{}" if len(labels) == 2 else other_labels(labels)
                 rows.append((event_id, *key, occurred, text))
     return rows
 

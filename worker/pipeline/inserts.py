@@ -18,7 +18,7 @@ events insert returns the keys (id, occurred) that were new, and a second
 data-modifying CTE inserts the resource rows of those events only. An event
 is stored once per (id, occurred): see docs/storage.md, "Idempotency". One
 round trip and one prepared statement whatever the batch size, and no limit
-on bind parameters. JSON columns arrive as JSON bytes (see
+on bind parameters. JSON columns arrive as JSON text (see
 `worker.pipeline.decoding`), so nothing is serialised twice.
 
 Other dialects (SQLite): SQLAlchemy's executemany, with the JSON columns bound
@@ -159,20 +159,13 @@ async def insert_events_and_resources(
         n_events, n_resources = tuple(result.one())
         return int(n_events), int(n_resources)
     returning = _generic_insert(events).returning(events.c.id, events.c.occurred)
-    by_name = _by_name(EVENT_COLUMNS, with_recorded)
+    by_name = [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in with_recorded]
     new = {(i, _utc(o)) for i, o in (await conn.execute(returning, by_name)).all()}
     fresh = [r for r in resources if (r[0], _utc(r[3])) in new]
     if fresh:
-        await conn.execute(_generic_insert(event_resources), _by_name(RESOURCE_COLUMNS, fresh))
+        by_name = [dict(zip(RESOURCE_COLUMNS, row, strict=True)) for row in fresh]
+        await conn.execute(_generic_insert(event_resources), by_name)
     return len(new), len(fresh)
-
-
-def _by_name(columns: list[str], rows: list[Row]) -> list[dict[str, Any]]:
-    """`rows` by column name, their JSON bytes as the text SQLite stores."""
-    return [
-        {c: v.decode() if c in JSON_COLUMNS else v for c, v in zip(columns, row, strict=True)}
-        for row in rows
-    ]
 
 
 def _arrays(rows: list[Row], columns: list[str], table: Table) -> list[list[Any]]:

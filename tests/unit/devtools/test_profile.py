@@ -12,7 +12,7 @@ from worker.devtools.bench.dataset import make_values
 
 STEPS = [
     "`read_envelope`, with the rules",
-    "`event_values`, with JSON bytes",
+    "`event_values`, with JSON text",
     "`resource_values`",
     "whole `to_rows`",
     "the COPY records (stamped, resources in order)",

@@ -545,7 +545,7 @@ def test_a_json_array_is_not_an_envelope() -> None:
 def test_the_payload_is_kept_as_the_producers_json_text() -> None:
     raw = json.dumps(envelope()).encode()[:-1] + b', "payload": {"b": 1,  "a": [2**70]}}'
     raw = raw.replace(b"[2**70]", str([2**70]).encode())
-    assert read_envelope(raw).payload == f'{{"b": 1,  "a": [{2**70}]}}'.encode()
+    assert read_envelope(raw).payload == f'{{"b": 1,  "a": [{2**70}]}}'
 
 
 def test_a_form_only_pydantic_reads_gives_the_same_envelope() -> None:

@@ -20,7 +20,6 @@ from worker.devtools.bench import db, reference
 from worker.devtools.bench.dataset import CopyChunk
 from worker.devtools.bench.results import CONSUME_CEILING, WRITE_CEILING, IndexCost, Phase
 from worker.devtools.bench.server import ServerCpu
-from worker.pipeline import json_codec, moment_codec
 from worker.pipeline.inserts import EVENT_COLUMNS, RESOURCE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,7 @@ async def consume(bootstrap_servers: str, topic: str, ends: dict[int, int]) -> P
 
 
 async def copy(conn: db.Connection, chunks: Sequence[CopyChunk], schema: str = "public") -> float:
-    """COPY `chunks` into events and event_resources, one transaction each; the
-    seconds taken. The rows are the worker's (JSON columns as JSON bytes), so
-    the connection encodes them as the worker's connections do."""
-    await moment_codec.install(conn)
-    await json_codec.install(conn)
+    """COPY `chunks` into events and event_resources, one transaction each; the seconds taken."""
     started = time.monotonic()
     for chunk in chunks:
         async with conn.transaction():

@@ -2,7 +2,7 @@
 
 Every measurement uses these same events: the topic is loaded with their
 encoded form, and the COPY phases write the rows the worker would make of
-them (columns as in `schemas.tables`, JSON columns as JSON bytes).
+them (columns as in `schemas.tables`, JSON columns as JSON text).
 """
 
 from __future__ import annotations
