@@ -88,15 +88,20 @@ def targets(results: Results) -> list[Target]:
         if worker is not None and worker.peak_rss_mib:
             what = f"peak RSS MiB, 1 replica{where}"
             found.append(Target(what, max(worker.peak_rss_mib), RSS_LIMIT_MIB, False))
-        once_writing = [p.writing_cpu_us_per_event for p in results.runs(name)]
-        if cpu_us := sorted(us for us in once_writing if us is not None):
+        repeats = results.runs(name)
+        once_writing = _median([p.writing_cpu_us_per_event for p in repeats])
+        if once_writing is not None:
             what = f"worker CPU µs per event once writing, 1 replica{where}"
-            median = cpu_us[len(cpu_us) // 2]
-            found.append(Target(what, median, WORKER_CPU_LIMIT_US, False))
-        if worker is not None and (per_10k := worker.cpu_s_per_10k) is not None:
+            found.append(Target(what, once_writing, WORKER_CPU_LIMIT_US, False))
+        if (per_10k := _median([p.cpu_s_per_10k for p in repeats])) is not None:
             what = f"worker CPU µs per event from process start, 1 replica{where}"
             found.append(Target(what, per_10k * 100, WORKER_CPU_LIMIT_US, False))
     if (startup := median_split(results)) is not None:
         own = startup[0].own
         found.append(Target("start-up (own part) s, 1 replica", own, OWN_PART_LIMIT_S, False))
     return found
+
+
+def _median(values: list[float | None]) -> float | None:
+    measured = sorted(v for v in values if v is not None)
+    return measured[len(measured) // 2] if measured else None
