@@ -60,14 +60,16 @@ _last: tuple[Any, Bounds] = (
 
 def bounds(limits: Any) -> Bounds:
     global _last
-    if _last[0] is not limits:
-        found = Bounds(
-            _limit(limits, "max_related", DEFAULT_MAX_RELATED),
-            _limit(limits, "max_labels", DEFAULT_MAX_LABELS),
-            _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES),
-        )
-        _last = (limits, found)
-    return _last[1]
+    last_limits, last_bounds = _last
+    if last_limits is limits:
+        return last_bounds
+    found = Bounds(
+        _limit(limits, "max_related", DEFAULT_MAX_RELATED),
+        _limit(limits, "max_labels", DEFAULT_MAX_LABELS),
+        _limit(limits, "max_resource_id_bytes", DEFAULT_MAX_RESOURCE_ID_BYTES),
+    )
+    _last = (limits, found)
+    return found
 
 
 def _check_labels(

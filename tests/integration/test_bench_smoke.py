@@ -97,8 +97,13 @@ def test_small_benchmark_measures_everything(tmp_path: Path) -> None:
     # and at size (2), and the workers' own start-up, as their start-up line
     # says it (1). CPU once writing is a target where some run saw a stored
     # offset before the last: 2,000 events can all go in the first commit.
+    per_event = {
+        name: measured[name]["cpu_us_per_event_once_writing"]
+        for name in (WORKER_1, run_name(WORKER_1, 2), WORKER_1 + at)
+    }
+    assert all(us is None or us > 0 for us in per_event.values()), per_event
     once_writing = sum(
-        any(measured[name]["cpu_us_per_event_once_writing"] is not None for name in names)
+        any(per_event[name] is not None for name in names)
         for names in ((WORKER_1, run_name(WORKER_1, 2)), (WORKER_1 + at,))
     )
     assert len(result["targets"]) == 15 + once_writing, result["targets"]

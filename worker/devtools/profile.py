@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from schemas.events import Envelope, read_envelope
+from worker.core.database_url import normalize as normalize_database_url
 from worker.core.settings import Limits
 from worker.core.startup import tune_collector
 from worker.devtools.bench.dataset import make_values
@@ -118,7 +119,7 @@ async def copy_client_us(url: str, values: list[bytes], batch: int, repeat: int)
     prepared = [
         copy_records(to_rows(p, limits, MAX_MESSAGE_BYTES)) for p in batches(records, batch)
     ]
-    engine = create_engine(url, pool_size=1)
+    engine = create_engine(normalize_database_url(url), pool_size=1)
     try:
         async with engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection

@@ -13,6 +13,7 @@ from uuid import UUID
 import msgspec
 import orjson
 import pytest
+from asyncpg.pgproto.pgproto import UUID as FastUUID  # type: ignore[import-untyped, unused-ignore]
 from pydantic import ValidationError
 
 from schemas.events import RESOURCE_ID, RESOURCE_ROLE, Envelope, Event, read_envelope
@@ -360,6 +361,14 @@ def test_related_with_id_and_role_is_accepted() -> None:
 def test_id_must_be_a_uuid() -> None:
     errors = rejected(envelope(id="not-a-uuid"))
     assert [(e["loc"], e["type"]) for e in errors] == [(("id",), "uuid_parsing")]
+
+
+@pytest.mark.parametrize("form", [EVENT_ID, EVENT_ID.upper(), EVENT_ID.replace("-", "")])
+def test_an_id_in_msgspecs_forms_is_read_as_asyncpgs_uuid(form: str) -> None:
+    """The fast path: asyncpg's UUID, which asyncpg writes without a Python call."""
+    read = read_envelope(json.dumps(envelope(id=form)).encode())
+    assert type(read.id) is FastUUID
+    assert read.id == UUID(EVENT_ID)
 
 
 @pytest.mark.parametrize(

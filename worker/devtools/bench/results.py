@@ -30,8 +30,8 @@ class Phase:
     writing: tuple[int, float] | None = None
     # Worker runs only: the first replica's start-up lines, read back.
     startup: StartupSplit | None = None
-    # Worker runs only: (events, CPU seconds of all replicas) from the first
-    # stored offset to the last, start-up left out.
+    # Worker runs only: (events stored, CPU seconds of all replicas) between
+    # two polls while writing, start-up left out (`Replicas.wait_caught_up`).
     writing_cpu: tuple[int, float] | None = None
 
     @property

@@ -5,6 +5,7 @@ A target that a run did not measure (no "at size" phases without
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from worker.devtools.bench.results import STEADY_LOAD, WORKER_1, Results, at_size
@@ -103,5 +104,5 @@ def targets(results: Results) -> list[Target]:
 
 
 def _median(values: list[float | None]) -> float | None:
-    measured = sorted(v for v in values if v is not None)
-    return measured[len(measured) // 2] if measured else None
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None

@@ -140,17 +140,21 @@ class Replicas:
         self, conn: db.Connection, topic: str, ends: dict[int, int], timeout_s: float
     ) -> tuple[int, float] | None:
         """Until the stored offset of every partition of `topic` is its end
-        offset. Returns (events stored, CPU seconds of the replicas) when the
-        first stored offset was seen, None if that was already the end: what
-        came after is the CPU of writing, start-up left out. The bench's
-        topics start at offset 0, so the stored offsets add up to the events."""
+        offset. Returns the events stored and the replicas' CPU seconds spent
+        between the first and the last poll that saw a stored offset short of
+        the end, None without two such polls: the CPU of writing, start-up
+        left out, with records fetched but not yet stored at both ends, so
+        those do not bias it. The bench's topics start at offset 0, so the
+        stored offsets add up to the events stored."""
         # An empty partition never gets a stored offset.
         ends = {partition: end for partition, end in ends.items() if end > 0}
         deadline = time.monotonic() + timeout_s
         first: tuple[int, float] | None = None
+        last = first
         while (stored := await db.stored_offsets(conn, self.group_id, topic)) != ends:
-            if first is None and stored:
-                first = sum(stored.values()), self.cpu_seconds()
+            if stored:
+                last = sum(stored.values()), self.cpu_seconds()
+                first = first or last
             self.check_alive()
             if time.monotonic() > deadline:
                 stored = await db.stored_offsets(conn, self.group_id, topic)
@@ -159,7 +163,9 @@ class Replicas:
                     f"{timeout_s:.0f} s: stored {stored}, end {ends}\n{self.log_tail(0)}"
                 )
             await asyncio.sleep(POLL_S)
-        return first
+        if first is None or last is None or last[0] <= first[0]:
+            return None
+        return last[0] - first[0], last[1] - first[1]
 
 
 # Called once the replicas have caught up, while they still run: gets the
@@ -206,7 +212,7 @@ async def run_backlog(
         started = time.monotonic()
         try:
             workers.start(replicas)
-            first = await workers.wait_caught_up(conn, bench.topic, bench.ends, timeout_s)
+            writing_cpu = await workers.wait_caught_up(conn, bench.topic, bench.ends, timeout_s)
             seconds = time.monotonic() - started
             # CPU at the moment they caught up: start-up plus the backlog, no idling.
             cpu = workers.cpu_seconds()
@@ -223,8 +229,7 @@ async def run_backlog(
     log.info("%s: %d events in %.1f s, exit codes %s", name, added, seconds, codes)
     note = "default settings; timed from process start"
     phase = Phase(name, bench.size, seconds, note, rss, cpu, server_cpu, writing, startup)
-    if first is not None:
-        phase.writing_cpu = sum(bench.ends.values()) - first[0], cpu - first[1]
+    phase.writing_cpu = writing_cpu
     checks = _checks(name, bench, added, after, before, codes)
     return BacklogRun(phase, checks)
 
