@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -375,11 +376,20 @@ async def test_broker_restart_mid_run_loses_and_duplicates_nothing(
 
     async with WorkerPool(env, tmp_path / "workers") as pool:
         pool.start(1)
-        await wait_until(progressed(engine, group, topic), 60, "the first stored offsets")
+        await wait_until(progressed(engine, group, topic), 60, "the first stored offsets", 0.02)
+        worker_pid = pool.pid(0)
+        assert worker_pid is not None
         try:
-            await asyncio.to_thread(local_stack.stop_kafka)
-            at_stop = await stored_offsets(engine, group, topic)
-            await asyncio.sleep(5)  # the broker is down
+            # The worker is held while the broker shuts down: the worker
+            # stores 25,000 events in under a second, faster than a
+            # controlled shutdown, so it would otherwise finish first.
+            os.kill(worker_pid, signal.SIGSTOP)
+            try:
+                at_stop = await stored_offsets(engine, group, topic)
+                await asyncio.to_thread(local_stack.stop_kafka)
+            finally:
+                os.kill(worker_pid, signal.SIGCONT)
+            await asyncio.sleep(5)  # the broker is down, the worker running
             assert pool.alive() == [0], (
                 f"the worker exited while the broker was down\n{pool.tail()}"
             )
