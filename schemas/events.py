@@ -125,9 +125,13 @@ def check_resource(value: dict[str, str], limits: Any) -> dict[str, str]:
 
 
 def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, str]]:
-    if not value:
-        return value
-    max_related, max_labels, max_id_bytes = bounds(limits)
+    if value:
+        _check_related(value, bounds(limits))
+    return value
+
+
+def _check_related(value: list[dict[str, str]], limits: Bounds) -> None:
+    max_related, max_labels, max_id_bytes = limits
     if len(value) > max_related:
         raise ValueError(f"{len(value)} related resources, more than {max_related}")
     # One pass of comparisons for the common case (see `_check_labels`);
@@ -143,7 +147,6 @@ def check_related(value: list[dict[str, str]], limits: Any) -> list[dict[str, st
         ):
             _check_related_fully(value, max_labels, max_id_bytes)
             break
-    return value
 
 
 def _check_related_fully(value: list[dict[str, str]], max_labels: int, max_id_bytes: int) -> None:
@@ -284,10 +287,10 @@ def _checked(wire: _Wire, limits: Any) -> Envelope:
         raise ValueError("not an object, or a name out of bounds: Event says which")
     if len(name) * 4 > MAX_EVENT_NAME_BYTES:
         check_event_name(name)
-    _, max_labels, max_id_bytes = bounds(limits)
-    _check_labels(resource, max_labels, max_id_bytes, "resource")
+    found = bounds(limits)
+    _check_labels(resource, found.max_labels, found.max_id_bytes, "resource")
     if related:
-        check_related(related, limits)
+        _check_related(related, found)
     received = None if wire.received is None else _timestamp(wire.received, limits)
     return Envelope(
         id=_id(wire.id),

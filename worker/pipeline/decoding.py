@@ -140,6 +140,10 @@ def received_at(record: Record) -> datetime:
     return datetime.now(UTC)
 
 
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def event_values(event: Envelope | Event, received: datetime) -> Row:
     """The `events` row (EVENT_FIELDS): Prefect's `as_database_row()` but
     `recorded`; JSON columns as JSON text. An `Envelope`'s payload is JSON
@@ -164,10 +168,6 @@ def event_values(event: Envelope | Event, received: datetime) -> Row:
         event.received or received,
         event.follows,
     )
-
-
-def json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def other_labels(labels: dict[str, str]) -> str:
